@@ -1,0 +1,90 @@
+"""The `fabricbench` command. Thin by design: each area registers its commands; the library does the work.
+
+Every area module exposes `register(app)`; heavy imports (torch, mpi4py, cupy) stay inside the commands so
+that `fabricbench --help` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+
+from fabricbench.errors import EXIT_USAGE, FabricbenchError
+
+app = typer.Typer(
+    name="fabricbench",
+    help="Collective-communication benchmarks and fabric diagnosis for GPU clusters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# One module per area; each adds its commands to `app`.
+AREAS = [
+    "fabricbench.run_cli",  # run, ops, worker (engine and local launcher)
+    "fabricbench.topology.cli",  # topo discover|expect|show
+    "fabricbench.gpu.cli",  # nvlink, ib, selftest
+    "fabricbench.slurm.cli",  # submit, collect, sweep
+    "fabricbench.lab.cli",  # lab up|down|degrade|heal|status|env
+    "fabricbench.analyze.cli",  # analyze, simulate
+]
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from fabricbench import __version__
+
+        typer.echo(f"fabricbench {__version__}")
+        raise typer.Exit(0)
+
+
+def _register_areas() -> None:
+    for module_name in AREAS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:  # area not built yet in this checkout
+                continue
+            raise
+        module.register(app)
+
+
+_register_areas()
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; bad input becomes one line on stderr and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="fabricbench", standalone_mode=False)
+    except FabricbenchError as err:
+        typer.echo(f"fabricbench: error: {_one_line(str(err))}", err=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("fabricbench: interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.ClickException as err:
+        # Usage errors from option parsing: one line, with a pointer to --help.
+        hint = ""
+        ctx = getattr(err, "ctx", None)
+        if ctx is not None:
+            hint = f" (see '{ctx.command_path} --help')"
+        typer.echo(f"fabricbench: error: {_one_line(err.format_message())}{hint}", err=True)
+        sys.exit(EXIT_USAGE if isinstance(err, click.UsageError) else err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("fabricbench: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
