@@ -50,7 +50,7 @@ def _register_areas() -> None:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name == module_name:  # area not built yet in this checkout
+            if err.name and (module_name + ".").startswith(err.name + "."):  # area not built yet
                 continue
             raise
         module.register(app)

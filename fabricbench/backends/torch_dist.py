@@ -1,0 +1,188 @@
+"""torch.distributed backend: NCCL on GPUs, gloo on CPUs (or gloo on GPUs' host memory when asked).
+
+torch's all_reduce, broadcast and reduce work in place only; the driver then runs those in place and says so
+in the results (`placement`). Objects and the per-iteration barrier go through a gloo group, so the barrier
+is a host-side meeting point even when the data moves over NCCL.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from fabricbench.backends.base import Backend, Timer
+from fabricbench.engine.dtypes import DType
+
+_TORCH_DTYPES = {
+    "int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64,
+    "half": torch.float16, "float": torch.float32, "double": torch.float64, "bfloat16": torch.bfloat16,
+}
+_REDOPS = {"sum": dist.ReduceOp.SUM, "prod": dist.ReduceOp.PRODUCT, "max": dist.ReduceOp.MAX,
+           "min": dist.ReduceOp.MIN, "avg": dist.ReduceOp.AVG}
+# A tensor whose bits we can copy to/from numpy: same width, numpy-native.
+_BITS_VIEW = {"bfloat16": torch.int16}
+
+
+def unsupported(kind: str, dtype: DType, redop: str | None) -> str | None:
+    """Why torch.distributed with `kind` cannot run `dtype` (reduced with `redop`), or None."""
+    if dtype.name not in _TORCH_DTYPES:
+        return (f"torch.distributed ({kind}) has no {dtype.name} tensors for collectives; "
+                "use int32/int64, or --backend mpi")
+    if redop == "avg" and dtype.kind != "float":
+        return f"{kind} cannot average {dtype.name} (integer avg); use --redop sum or a floating --dtype"
+    return None
+
+
+class CudaEventTimer(Timer):
+    """CUDA events on the current stream: what the GPU spent, without host launch overhead between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._begin = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def start(self) -> None:
+        self._begin.record()
+
+    def stop(self) -> None:
+        self._end.record()
+
+    def elapsed_ns(self) -> int:
+        self._end.synchronize()
+        return int(self._begin.elapsed_time(self._end) * 1e6)
+
+
+class TorchBackend(Backend):
+    primitives = frozenset({"all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all",
+                            "sendrecv", "send"})
+    out_of_place = frozenset({"all_gather", "reduce_scatter", "all_to_all", "sendrecv", "send"})
+
+    def __init__(self, kind: str, ranks, timeout_s: float):
+        self.name = kind
+        self.rank, self.world_size = ranks.rank, ranks.world_size
+        self.device = "cuda" if kind == "nccl" else "cpu"
+        if self.device == "cuda":
+            self.gpu = ranks.local_rank % torch.cuda.device_count()
+            torch.cuda.set_device(self.gpu)
+            self._dev = torch.device("cuda", self.gpu)
+        else:
+            self._dev = torch.device("cpu")
+        timeout = datetime.timedelta(seconds=max(30.0, timeout_s))
+        init = f"tcp://{_url_host(ranks.master_addr)}:{ranks.master_port}"
+        kwargs: dict[str, Any] = {}
+        if self.device == "cuda":
+            kwargs["device_id"] = self._dev  # eager NCCL communicator creation
+        dist.init_process_group(kind, init_method=init, rank=self.rank, world_size=self.world_size,
+                                timeout=timeout, **kwargs)
+        self._ctrl = dist.new_group(backend="gloo", timeout=timeout) if kind != "gloo" else None
+
+    # -- capabilities -------------------------------------------------------------------------------------
+    def unsupported(self, dtype: DType, redop: str | None) -> str | None:
+        return unsupported(self.name, dtype, redop)
+
+    # -- buffers ------------------------------------------------------------------------------------------
+    def alloc(self, count: int, dtype: DType) -> torch.Tensor:
+        return torch.empty(count, dtype=_TORCH_DTYPES[dtype.name], device=self._dev)
+
+    def view(self, buf: torch.Tensor, offset: int, count: int) -> torch.Tensor:
+        return buf.narrow(0, offset, count)
+
+    def write(self, buf: torch.Tensor, host: np.ndarray) -> None:
+        src = torch.from_numpy(np.ascontiguousarray(host))
+        if buf.dtype in (torch.bfloat16,):
+            buf.view(_BITS_VIEW["bfloat16"]).copy_(src.view(_BITS_VIEW["bfloat16"]))
+        else:
+            buf.copy_(src)
+
+    def read(self, buf: torch.Tensor) -> np.ndarray:
+        t = buf.detach()
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+            return t.cpu().numpy().view(np.uint16)
+        return t.cpu().numpy()
+
+    def poison(self, buf: torch.Tensor) -> None:
+        buf.view(torch.uint8).fill_(0xA5)
+
+    # -- communication ------------------------------------------------------------------------------------
+    def all_reduce(self, send, recv, redop):
+        dist.all_reduce(recv, op=_REDOPS[redop])  # in place: the driver passes send is recv
+
+    def all_gather(self, send, recv):
+        dist.all_gather_into_tensor(recv, send)
+
+    def reduce_scatter(self, send, recv, redop):
+        dist.reduce_scatter_tensor(recv, send, op=_REDOPS[redop])
+
+    def broadcast(self, send, recv, root):
+        dist.broadcast(recv, src=root)
+
+    def reduce(self, send, recv, redop, root):
+        dist.reduce(recv, dst=root, op=_REDOPS[redop])
+
+    def all_to_all(self, send, recv):
+        dist.all_to_all_single(recv, send)
+
+    def sendrecv(self, send, recv, dst, src):
+        if dst == self.rank and src == self.rank:
+            recv.copy_(send)
+            return
+        ops = [dist.P2POp(dist.isend, send, dst), dist.P2POp(dist.irecv, recv, src)]
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+    def send(self, buf, dst):
+        dist.send(buf, dst)
+
+    def recv(self, buf, src):
+        dist.recv(buf, src)
+
+    # -- control plane and timing -------------------------------------------------------------------------
+    def barrier(self) -> None:
+        dist.barrier(group=self._ctrl)
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize(self._dev)
+
+    def gather_object(self, obj: Any) -> list[Any] | None:
+        out: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0, group=self._ctrl)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self._ctrl)
+        return box[0]
+
+    def timer(self) -> Timer:
+        return CudaEventTimer() if self.device == "cuda" else Timer()
+
+    def versions(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version()}
+        if self.device == "cuda":
+            try:
+                info["nccl"] = ".".join(str(x) for x in torch.cuda.nccl.version())
+            except Exception:  # noqa: BLE001 - a version we cannot read is simply absent
+                pass
+            info["cuda"] = torch.version.cuda
+            info["gpu_model"] = torch.cuda.get_device_name(self._dev)
+        return info
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - teardown after a failure must not mask the failure
+                pass
+
+
+def _url_host(addr: str) -> str:
+    return f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr
+
+

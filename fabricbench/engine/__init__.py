@@ -1,0 +1,1 @@
+"""The benchmark engine: sizes, dtypes, data patterns, timing statistics and the per-rank driver."""

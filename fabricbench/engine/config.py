@@ -1,0 +1,46 @@
+"""The run configuration: validated once in the CLI, then handed to every rank as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+ENV = "FABRICBENCH_CONFIG"  # JSON text of a RunConfig, set by the local launcher for its ranks
+
+
+@dataclass
+class RunConfig:
+    ops: list[str]
+    backend: str = "auto"
+    min_bytes: int = 32 << 20
+    max_bytes: int = 32 << 20
+    step_factor: int | None = None
+    step_bytes: int | None = None
+    iters: int = 20
+    warmup: int = 5
+    dtype: str = "float"
+    redop: str = "sum"
+    root: int = 0
+    check_iters: int = 1
+    timing: str = "aggregate"  # aggregate | per-iter
+    time_reduce: str = "avg"  # avg | max | min | rank0
+    in_place: bool = False
+    out_dir: str | None = None  # None: results/<run-id>
+    json_path: str | None = None
+    timeout_s: float = 600.0
+    run_id: str | None = None
+    command_line: list[str] = field(default_factory=list)
+    quiet: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls(**json.loads(text))
+
+    @classmethod
+    def from_env(cls) -> RunConfig | None:
+        text = os.environ.get(ENV)
+        return cls.from_json(text) if text else None

@@ -1,0 +1,1 @@
+"""Launchers: start the ranks of a run (local processes here; Slurm in fabricbench.slurm)."""

@@ -1,0 +1,220 @@
+"""The local launcher: N ranks as processes on this machine, watched until they finish, fail or hang.
+
+Each rank runs `python -m fabricbench worker` with torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR/PORT on a free port); with the MPI backend the ranks are started by `mpirun` instead. Rank 0's
+stdout is the table; every rank's stderr goes to `<out>/logs/rank<N>.log`. When a rank fails, every other
+rank is stopped at once (each rank leads its own process group, so its children go too) and the failed rank
+is named; when the run outlives --timeout, the rank that stopped making progress is named.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fabricbench.engine.config import ENV as CONFIG_ENV
+from fabricbench.engine.config import RunConfig
+from fabricbench.engine.driver import PROGRESS_ENV, finalize_failed_run
+from fabricbench.errors import RunFailed, UsageError
+
+POLL_S = 0.05
+STOP_GRACE_S = 3.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Rank:
+    index: int  # rank number (mpirun: 0, the whole job)
+    proc: subprocess.Popen
+    log: Path
+    exit_seen: float | None = None
+
+
+def _worker_cmd() -> list[str]:
+    return [sys.executable, "-m", "fabricbench", "worker"]
+
+
+def _mpirun_cmd(nprocs: int) -> list[str]:
+    mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
+    if not mpirun:
+        raise UsageError("--backend mpi with --nprocs needs mpirun on PATH (apt-get install openmpi-bin), or "
+                         "start the ranks yourself: mpirun -np N fabricbench run --backend mpi ...")
+    cmd = [mpirun, "-np", str(nprocs)]
+    if _is_open_mpi(mpirun):
+        cmd += ["--oversubscribe", "--bind-to", "none"]
+    return cmd + _worker_cmd()
+
+
+def _is_open_mpi(mpirun: str) -> bool:
+    try:
+        out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "Open MPI" in out or "OpenRTE" in out
+
+
+def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
+    """Run `cfg` on `nprocs` local ranks; returns the exit code (0 ok; raises RunFailed with the reason)."""
+    out = Path(cfg.out_dir)
+    logs, progress = out / "logs", out / ".progress"
+    logs.mkdir(parents=True, exist_ok=True)
+    progress.mkdir(parents=True, exist_ok=True)
+    for stale in progress.glob("rank*"):
+        stale.unlink()
+    env = dict(os.environ)
+    env.update({CONFIG_ENV: cfg.to_json(), PROGRESS_ENV: str(progress), "FABRICBENCH_LAUNCHER": "local",
+                "PYTHONUNBUFFERED": "1"})
+    env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does: N ranks must not each take every core
+    ranks: list[Rank] = []
+    if backend == "mpi":
+        if os.geteuid() == 0:  # Open MPI refuses root unless told (a container or a CI machine)
+            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+            env.pop(key, None)
+        log = logs / "mpirun.log"
+        proc = subprocess.Popen(_mpirun_cmd(nprocs), env=env, stdin=subprocess.DEVNULL,
+                                stderr=log.open("wb"), start_new_session=True)
+        ranks.append(Rank(0, proc, log))
+    else:
+        env.update(WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(free_port()))
+        for r in range(nprocs):
+            rank_env = dict(env, RANK=str(r), LOCAL_RANK=str(r))
+            log = logs / f"rank{r}.log"
+            proc = subprocess.Popen(_worker_cmd(), env=rank_env, stdin=subprocess.DEVNULL,
+                                    stdout=None if r == 0 else log.open("ab"), stderr=log.open("ab"),
+                                    start_new_session=True)
+            ranks.append(Rank(r, proc, log))
+    try:
+        return _watch(ranks, cfg, progress, backend)
+    except KeyboardInterrupt:
+        _stop_all(ranks)
+        finalize_failed_run(out, "interrupted (Ctrl-C); results hold every size completed before it")
+        raise
+
+
+def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str) -> int:
+    deadline = time.monotonic() + cfg.timeout_s
+    while True:
+        now = time.monotonic()
+        for r in ranks:
+            if r.exit_seen is None and r.proc.poll() is not None:
+                r.exit_seen = now
+        failed = [r for r in ranks if r.exit_seen is not None and r.proc.returncode != 0]
+        if failed:
+            culprit = _first_failure(failed)
+            _stop_all(ranks)
+            _raise_for_failure(culprit, ranks, cfg, backend)
+        if all(r.exit_seen is not None for r in ranks):
+            return 0
+        if now > deadline:
+            report = _stuck_ranks(progress, len(ranks) if backend != "mpi" else 0)
+            _stop_all(ranks)
+            message = f"run timed out after {cfg.timeout_s:g} s (--timeout); {report}; all ranks were stopped"
+            finalize_failed_run(cfg.out_dir, message)
+            raise RunFailed(f"{message}. Logs: {Path(cfg.out_dir) / 'logs'}")
+        time.sleep(POLL_S)
+
+
+def _first_failure(failed: list[Rank]) -> Rank:
+    """The rank that failed first; among those seen in the same poll, one killed by a signal, since the
+    others are usually its peers noticing the lost connection."""
+    first_time = min(r.exit_seen for r in failed)
+    same_poll = [r for r in failed if r.exit_seen - first_time < POLL_S * 2]
+    by_signal = [r for r in same_poll if r.proc.returncode < 0]
+    return min(by_signal or same_poll, key=lambda r: r.index)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _last_error_line(log: Path) -> str | None:
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("fabricbench: error:"):
+            return line.removeprefix("fabricbench: error:").strip()
+    return lines[-1].strip() if lines else None
+
+
+def _raise_for_failure(culprit: Rank, ranks: list[Rank], cfg: RunConfig, backend: str) -> None:
+    code = culprit.proc.returncode
+    detail = _last_error_line(culprit.log)
+    if detail and code == 2:
+        raise UsageError(detail)  # bad input found by the ranks themselves: one line, exit 2
+    if culprit.index == 0 and code == 1 and detail and "wrong values" in detail:
+        raise RunFailed(detail)  # rank 0 finished and reported wrong data; run.json already says so
+    who = "mpirun" if backend == "mpi" else f"rank {culprit.index} (pid {culprit.proc.pid})"
+    message = f"{who} {_describe_exit(code)}"
+    if detail and code > 0:
+        message += f": {detail}"
+    message += "; the other ranks were stopped"
+    finalize_failed_run(cfg.out_dir, message)
+    raise RunFailed(f"{message}. Results so far: {cfg.out_dir}; log: {culprit.log}")
+
+
+def _stuck_ranks(progress: Path, nranks: int) -> str:
+    """Name the ranks that are behind: fewest operation calls entered (from each rank's heartbeat)."""
+    state: dict[int, tuple[int, str]] = {}
+    for f in progress.glob("rank*"):
+        try:
+            calls, phase = f.read_text().rstrip("\n").split("\t", 1)
+            state[int(f.name[4:])] = (int(calls), phase)
+        except (OSError, ValueError):
+            continue
+    silent = [r for r in range(nranks) if r not in state]
+    if silent:
+        return f"rank(s) {', '.join(map(str, silent))} never reported progress (stuck starting up)"
+    if not state:
+        return "no rank reported progress"
+    low = min(c for c, _ in state.values())
+    behind = sorted(r for r, (c, _) in state.items() if c == low)
+    if len(behind) == len(state):
+        phase = state[behind[0]][1]
+        return f"every rank was stuck in {phase} after {low} calls (none is behind: a library or fabric hang)"
+    phase = state[behind[0]][1]
+    return (f"rank {', '.join(map(str, behind))} stopped making progress in {phase} "
+            f"({low} operation calls; the others entered {max(c for c, _ in state.values())})")
+
+
+def _stop_all(ranks: list[Rank]) -> None:
+    """SIGTERM every rank's process group, then SIGKILL what is left: no orphans."""
+    for r in ranks:
+        if r.proc.poll() is None:
+            _signal_group(r.proc, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and any(r.proc.poll() is None for r in ranks):
+        time.sleep(POLL_S)
+    for r in ranks:
+        _signal_group(r.proc, signal.SIGKILL)  # also reaps children that outlived their leader
+        try:
+            r.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

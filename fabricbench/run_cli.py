@@ -1,0 +1,192 @@
+"""`fabricbench run`, `fabricbench ops` and the hidden `fabricbench worker`: parse, validate, call the library."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import typer
+
+from fabricbench.errors import UsageError
+
+TIMING_HELP = ("aggregate: iterations back to back, one sync, wall clock around all (nccl-tests default); "
+               "per-iter: a barrier then each iteration timed on every rank (CUDA events on GPU, "
+               "perf_counter_ns on CPU), which also names the rank that arrives late")
+
+
+def new_run_id() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def _check_writable_dir(path: Path, option: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".fabricbench-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"{option} {path}: cannot write there ({err.strerror or err}); choose a writable "
+                         "directory") from None
+
+
+def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype, redop, root,
+                 check, timing, time_reduce, in_place, out, json_path, timeout, quiet):
+    from fabricbench.backends import check_backend_name
+    from fabricbench.engine.config import RunConfig
+    from fabricbench.engine.dtypes import get_dtype, get_redop
+    from fabricbench.engine.sizes import parse_size, size_sweep
+    from fabricbench.engine.stats import TIME_REDUCE
+    from fabricbench.ops import get_op
+
+    for name in ops:
+        if name.lower() not in ("all", "p2p"):
+            get_op(name)
+    check_backend_name(backend)
+    min_b, max_b = parse_size(minbytes, "-b/--minbytes"), parse_size(maxbytes, "-e/--maxbytes")
+    step_b = parse_size(stepbytes, "-i/--stepbytes") if stepbytes is not None else None
+    size_sweep(min_b, max_b, stepfactor, step_b)
+    for value, option in ((iters, "-n/--iters"), (timeout, "--timeout")):
+        if value <= 0:
+            raise UsageError(f"{option} must be positive, got {value}")
+    for value, option in ((warmup, "-w/--warmup"), (check, "-c/--check"), (root, "-r/--root")):
+        if value < 0:
+            raise UsageError(f"{option} must be 0 or more, got {value}")
+    if timing not in ("aggregate", "per-iter"):
+        raise UsageError(f"--timing '{timing}': choose aggregate or per-iter")
+    reduce_map = {"0": "rank0", "1": "avg", "2": "min", "3": "max"}  # nccl-tests' -a numbers work too
+    time_reduce = reduce_map.get(time_reduce, time_reduce)
+    if time_reduce not in TIME_REDUCE:
+        raise UsageError(f"--time-reduce '{time_reduce}': choose one of {', '.join(TIME_REDUCE)}")
+    run_id = new_run_id()
+    out_dir = Path(out) if out else Path("results") / run_id
+    return RunConfig(
+        ops=list(ops) or ["all"], backend=backend.lower(), min_bytes=min_b, max_bytes=max_b,
+        step_factor=stepfactor, step_bytes=step_b, iters=iters, warmup=warmup, dtype=get_dtype(dtype).name,
+        redop=get_redop(redop), root=root, check_iters=check, timing=timing, time_reduce=time_reduce,
+        in_place=in_place, out_dir=str(out_dir), json_path=json_path, timeout_s=float(timeout), run_id=run_id,
+        command_line=["fabricbench", *sys.argv[1:]], quiet=quiet,
+    )
+
+
+def validate_for_ranks(cfg, backend: str, nranks: int) -> None:
+    """Everything that can be refused before a rank starts: ranks per op, dtype/redop per backend, root."""
+    from fabricbench.backends import unsupported
+    from fabricbench.engine.dtypes import get_dtype
+    from fabricbench.ops import resolve_ops
+
+    if nranks < 1:
+        raise UsageError(f"--nprocs must be at least 1, got {nranks}")
+    if cfg.root >= nranks:
+        raise UsageError(f"--root {cfg.root} is not a rank of a {nranks}-rank run (0..{nranks - 1})")
+    dtype = get_dtype(cfg.dtype)
+    for op in resolve_ops(cfg.ops, nranks):
+        why = op.check_nranks(nranks)
+        if why:
+            raise UsageError(f"{why}; use --nprocs {op.exact_ranks or op.min_ranks}")
+        why = unsupported(backend, dtype, cfg.redop if op.reduces else None)
+        if why:
+            raise UsageError(why)
+
+
+def _default_nprocs() -> int:
+    from fabricbench.backends import cuda_available
+
+    if cuda_available():
+        import torch
+
+        return torch.cuda.device_count()
+    return 2
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(no_args_is_help=False)
+    def run(
+        ops: list[str] = typer.Argument(None, help="Operations (default: all collectives; 'p2p' for the 2-rank "
+                                        "tests). See 'fabricbench ops'.", show_default=False),
+        nprocs: int = typer.Option(None, "--nprocs", "-N", help="Local ranks to start (default: one per GPU, "
+                                   "or 2 on CPU). Not used under torchrun, srun or mpirun.", show_default=False),
+        backend: str = typer.Option("auto", "--backend", help="auto (NCCL on GPUs, gloo on CPU) | nccl | gloo | mpi"),
+        minbytes: str = typer.Option("32M", "-b", "--minbytes", help="Smallest size (K/M/G = 1024-based)."),
+        maxbytes: str = typer.Option("32M", "-e", "--maxbytes", help="Largest size."),
+        stepfactor: int = typer.Option(None, "-f", "--stepfactor", help="Multiply the size by this each step "
+                                       "[default: 2].", show_default=False),
+        stepbytes: str = typer.Option(None, "-i", "--stepbytes", help="Add this many bytes each step instead."),
+        iters: int = typer.Option(20, "-n", "--iters", help="Timed iterations per size."),
+        warmup: int = typer.Option(5, "-w", "--warmup", help="Warm-up iterations per size (not timed)."),
+        dtype: str = typer.Option("float", "-d", "--dtype", help="Element type (nccl-tests names: float, half, "
+                                  "bfloat16, double, int8, uint8, int32, uint32, int64, uint64)."),
+        redop: str = typer.Option("sum", "-o", "--redop", help="Reduction: sum | prod | max | min | avg."),
+        root: int = typer.Option(0, "-r", "--root", help="Root rank of broadcast and reduce."),
+        check: int = typer.Option(1, "-c", "--check", help="Check iterations per size: distinct data per rank, "
+                                  "results compared bit-exact; any wrong value fails the run (0: no check)."),
+        timing: str = typer.Option("aggregate", "--timing", help=TIMING_HELP),
+        time_reduce: str = typer.Option("avg", "--time-reduce", "-a", help="How a size's time is reduced across "
+                                        "ranks: avg (nccl-tests default) | max | min | rank0; or 0-3 as -a."),
+        in_place: bool = typer.Option(False, "--in-place", help="Run in place (output buffer = input buffer)."),
+        out: str = typer.Option(None, "--out", help="Results directory [default: results/<run-id>].",
+                                show_default=False),
+        json_path: str = typer.Option(None, "--json", help="Also write nccl-tests' JSON layout (-J) here."),
+        timeout: float = typer.Option(600, "--timeout", help="Stop every rank and fail after this many seconds."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no table (files are still written)."),
+    ) -> None:
+        """Run collective and P2P benchmarks: locally on N ranks, or as one rank under torchrun/srun/mpirun."""
+        from fabricbench.backends import resolve_backend
+        from fabricbench.engine.ranks import discover, in_external_launcher, in_slurm_allocation_outside_step
+
+        cfg = build_config(ops or [], backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype,
+                           redop, root, check, timing, time_reduce, in_place, out, json_path, timeout, quiet)
+        if json_path:
+            _check_writable_dir(Path(json_path).resolve().parent, "--json")
+        if in_external_launcher():
+            if nprocs is not None:
+                raise UsageError("--nprocs starts local ranks, but this process is already one rank of a "
+                                 "launcher (torchrun, srun or mpirun); drop --nprocs")
+            ranks = discover()
+            resolved = resolve_backend(cfg.backend)
+            validate_for_ranks(cfg, resolved, ranks.world_size)
+            if ranks.rank == 0:
+                _check_writable_dir(Path(cfg.out_dir), "--out")
+            from fabricbench.engine.worker import run_as_rank
+
+            raise typer.Exit(run_as_rank(cfg))
+        if nprocs is None and in_slurm_allocation_outside_step():
+            discover()  # raises the explanation: srun, or --nprocs for this node only
+        resolved = resolve_backend(cfg.backend)
+        cfg.backend = resolved
+        n = nprocs if nprocs is not None else _default_nprocs()
+        validate_for_ranks(cfg, resolved, n)
+        _check_writable_dir(Path(cfg.out_dir), "--out")
+        from fabricbench.launch.local import launch
+
+        raise typer.Exit(launch(cfg, n, resolved))
+
+    @app.command("ops")
+    def list_ops() -> None:
+        """List the operations with their byte accounting and busbw factor (nccl-tests conventions)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from fabricbench.ops import OPS
+
+        table = Table("op", "ranks", "redop", "root", "busbw factor (n ranks)", "what it does")
+        factors = {"all_reduce": "2(n-1)/n", "all_gather": "(n-1)/n", "reduce_scatter": "(n-1)/n",
+                   "all_to_all": "(n-1)/n"}
+        for op in OPS.values():
+            ranks = f"= {op.exact_ranks}" if op.exact_ranks else f">= {op.min_ranks}"
+            table.add_row(op.name, ranks, "yes" if op.reduces else "", "yes" if op.rooted else "",
+                          factors.get(op.name, "1"), op.description)
+        Console().print(table)
+
+    @app.command("worker", hidden=True)
+    def worker() -> None:
+        """One rank of a local run (started by 'fabricbench run'; reads its configuration from the environment)."""
+        from fabricbench.engine.config import RunConfig
+        from fabricbench.engine.worker import run_as_rank
+
+        cfg = RunConfig.from_env()
+        if cfg is None:
+            raise UsageError("'fabricbench worker' is started by 'fabricbench run'; use 'fabricbench run' instead")
+        raise typer.Exit(run_as_rank(cfg))
