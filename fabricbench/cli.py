@@ -9,8 +9,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors its own click: its exceptions are the ones raised
+    from typer._click.exceptions import ClickException, UsageError as ClickUsageError
+except ImportError:  # pragma: no cover - older typer raises click's own
+    from click.exceptions import ClickException, UsageError as ClickUsageError
 
 from fabricbench.errors import EXIT_USAGE, FabricbenchError
 
@@ -34,14 +38,18 @@ AREAS = [
 ]
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
         from fabricbench import __version__
 
         typer.echo(f"fabricbench {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
         raise typer.Exit(0)
 
 
@@ -71,18 +79,18 @@ def main(argv: list[str] | None = None) -> None:
     except FabricbenchError as err:
         typer.echo(f"fabricbench: error: {_one_line(str(err))}", err=True)
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("fabricbench: interrupted", err=True)
         sys.exit(130)
-    except click.exceptions.ClickException as err:
+    except ClickException as err:
         # Usage errors from option parsing: one line, with a pointer to --help.
         hint = ""
         ctx = getattr(err, "ctx", None)
         if ctx is not None:
             hint = f" (see '{ctx.command_path} --help')"
         typer.echo(f"fabricbench: error: {_one_line(err.format_message())}{hint}", err=True)
-        sys.exit(EXIT_USAGE if isinstance(err, click.UsageError) else err.exit_code)
-    except click.exceptions.Exit as err:
+        sys.exit(EXIT_USAGE if isinstance(err, ClickUsageError) else err.exit_code)
+    except typer.Exit as err:
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         typer.echo("fabricbench: interrupted", err=True)
