@@ -23,6 +23,7 @@ from fabricbench.engine.config import ENV as CONFIG_ENV
 from fabricbench.engine.config import RunConfig
 from fabricbench.engine.driver import PROGRESS_ENV, finalize_failed_run
 from fabricbench.errors import RunFailed, UsageError
+from fabricbench.launch.progress import RunProgress
 
 POLL_S = 0.05
 STOP_GRACE_S = 3.0
@@ -84,7 +85,7 @@ def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
             env.pop(key, None)
         log = logs / "mpirun.log"
-        proc = subprocess.Popen(_mpirun_cmd(nprocs), env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(_mpirun_cmd(nprocs), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=log.open("wb"), start_new_session=True)
         ranks.append(Rank(0, proc, log))
     else:
@@ -94,21 +95,23 @@ def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
             rank_env = dict(env, RANK=str(r), LOCAL_RANK=str(r))
             log = logs / f"rank{r}.log"
             proc = subprocess.Popen(_worker_cmd(), env=rank_env, stdin=subprocess.DEVNULL,
-                                    stdout=None if r == 0 else log.open("ab"), stderr=log.open("ab"),
+                                    stdout=subprocess.PIPE if r == 0 else log.open("ab"), stderr=log.open("ab"),
                                     start_new_session=True)
             ranks.append(Rank(r, proc, log))
     try:
-        return _watch(ranks, cfg, progress, backend)
+        with RunProgress(ranks[0].proc.stdout, progress, nprocs) as shown:
+            return _watch(ranks, cfg, progress, backend, shown)
     except KeyboardInterrupt:
         _stop_all(ranks)
         finalize_failed_run(out, "interrupted (Ctrl-C); results hold every size completed before it")
         raise
 
 
-def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str) -> int:
+def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str, shown: RunProgress) -> int:
     deadline = time.monotonic() + cfg.timeout_s
     while True:
         now = time.monotonic()
+        shown.tick()
         for r in ranks:
             if r.exit_seen is None and r.proc.poll() is not None:
                 r.exit_seen = now
@@ -116,12 +119,15 @@ def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str) -> i
         if failed:
             culprit = _first_failure(failed)
             _stop_all(ranks)
+            shown.finish()
             _raise_for_failure(culprit, ranks, cfg, backend)
         if all(r.exit_seen is not None for r in ranks):
+            shown.finish()  # the table's last lines before anything else is printed
             return 0
         if now > deadline:
             report = _stuck_ranks(progress, len(ranks) if backend != "mpi" else 0)
             _stop_all(ranks)
+            shown.finish()
             message = f"run timed out after {cfg.timeout_s:g} s (--timeout); {report}; all ranks were stopped"
             finalize_failed_run(cfg.out_dir, message)
             raise RunFailed(f"{message}. Logs: {Path(cfg.out_dir) / 'logs'}")
