@@ -33,7 +33,7 @@ def _check_writable_dir(path: Path, option: str) -> None:
 
 
 def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype, redop, root,
-                 check, timing, time_reduce, in_place, out, json_path, timeout, quiet):
+                 check, timing, time_reduce, in_place, out, json_path, timeout, quiet, split=None):
     from fabricbench.backends import check_backend_name
     from fabricbench.engine.config import RunConfig
     from fabricbench.engine.dtypes import get_dtype, get_redop
@@ -60,13 +60,18 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
     time_reduce = reduce_map.get(time_reduce, time_reduce)
     if time_reduce not in TIME_REDUCE:
         raise UsageError(f"--time-reduce '{time_reduce}': choose one of {', '.join(TIME_REDUCE)}")
+    from fabricbench.engine.split import parse_split, split_from_env
+
+    split = split or split_from_env(os.environ)
+    if split:
+        parse_split(split)
     run_id = new_run_id()
     out_dir = Path(out) if out else Path("results") / run_id
     return RunConfig(
         ops=list(ops) or ["all"], backend=backend.lower(), min_bytes=min_b, max_bytes=max_b,
         step_factor=stepfactor, step_bytes=step_b, iters=iters, warmup=warmup, dtype=get_dtype(dtype).name,
         redop=get_redop(redop), root=root, check_iters=check, timing=timing, time_reduce=time_reduce,
-        in_place=in_place, out_dir=str(out_dir), json_path=json_path, timeout_s=float(timeout), run_id=run_id,
+        in_place=in_place, split=split, out_dir=str(out_dir), json_path=json_path, timeout_s=float(timeout), run_id=run_id,
         command_line=["fabricbench", *sys.argv[1:]], quiet=quiet,
     )
 
@@ -79,11 +84,20 @@ def validate_for_ranks(cfg, backend: str, nranks: int) -> None:
 
     if nranks < 1:
         raise UsageError(f"--nprocs must be at least 1, got {nranks}")
-    if cfg.root >= nranks:
-        raise UsageError(f"--root {cfg.root} is not a rank of a {nranks}-rank run (0..{nranks - 1})")
+    group_size = nranks
+    if cfg.split:
+        from fabricbench.engine.split import groups_of
+
+        sizes = {len(members) for members in groups_of(nranks, cfg.split).values()}
+        if len(sizes) != 1:
+            raise UsageError(f"--split '{cfg.split}' does not divide {nranks} ranks into groups of one size; "
+                             "choose a split that does (e.g. 'MOD G' with G dividing the ranks)")
+        group_size = sizes.pop()
+    if cfg.root >= group_size:
+        raise UsageError(f"--root {cfg.root} is not a rank of a {group_size}-rank group (0..{group_size - 1})")
     dtype = get_dtype(cfg.dtype)
-    for op in resolve_ops(cfg.ops, nranks):
-        why = op.check_nranks(nranks)
+    for op in resolve_ops(cfg.ops, group_size):
+        why = op.check_nranks(group_size)
         if why:
             raise UsageError(f"{why}; use --nprocs {op.exact_ranks or op.min_ranks}")
         why = unsupported(backend, dtype, cfg.redop if op.reduces else None)
@@ -126,6 +140,9 @@ def register(app: typer.Typer) -> None:
         time_reduce: str = typer.Option("avg", "--time-reduce", "-a", help="How a size's time is reduced across "
                                         "ranks: avg (nccl-tests default) | max | min | rank0; or 0-3 as -a."),
         in_place: bool = typer.Option(False, "--in-place", help="Run in place (output buffer = input buffer)."),
+        split: str = typer.Option(None, "--split", help="Split the ranks into groups that run at the same time, "
+                                  "as NCCL_TESTS_SPLIT: 'MOD 8' = one GPU per node of 8 per group (per-rail "
+                                  "tests). Default: $NCCL_TESTS_SPLIT.", show_default=False),
         out: str = typer.Option(None, "--out", help="Results directory [default: results/<run-id>].",
                                 show_default=False),
         json_path: str = typer.Option(None, "--json", help="Also write nccl-tests' JSON layout (-J) here."),
@@ -137,7 +154,8 @@ def register(app: typer.Typer) -> None:
         from fabricbench.engine.ranks import discover, in_external_launcher, in_slurm_allocation_outside_step
 
         cfg = build_config(ops or [], backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype,
-                           redop, root, check, timing, time_reduce, in_place, out, json_path, timeout, quiet)
+                           redop, root, check, timing, time_reduce, in_place, out, json_path, timeout, quiet,
+                           split)
         if json_path:
             _check_writable_dir(Path(json_path).resolve().parent, "--json")
         if in_external_launcher():

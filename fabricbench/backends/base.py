@@ -100,6 +100,15 @@ class Backend(ABC):
     def timer(self) -> Timer:
         return Timer()
 
+    def split(self, members: list[int], all_groups: list[list[int]]) -> Backend:
+        """A backend for the data path of the group `members` (world ranks, this rank among them).
+
+        Every rank passes the same `all_groups` in the same order (some libraries need every rank to take
+        part in creating every group). The control plane (barrier, objects) stays on the whole world."""
+        from fabricbench.errors import UsageError
+
+        raise UsageError(f"backend {self.name} cannot split its communicator (--split)")
+
     def versions(self) -> dict[str, Any]:
         """Library versions for run.json (torch, NCCL, MPI, CUDA, driver, GPU model)."""
         return {}

@@ -80,6 +80,25 @@ class TorchBackend(Backend):
         dist.init_process_group(kind, init_method=init, rank=self.rank, world_size=self.world_size,
                                 timeout=timeout, **kwargs)
         self._ctrl = dist.new_group(backend="gloo", timeout=timeout) if kind != "gloo" else None
+        self._group = None  # the data path's process group (None: the whole world)
+        self._members: list[int] | None = None  # world rank of each group rank, when split
+
+    def split(self, members: list[int], all_groups: list[list[int]]) -> TorchBackend:
+        import copy
+
+        mine = None
+        for group in all_groups:  # every rank creates every group, in the same order (torch requires it)
+            pg = dist.new_group(ranks=group, backend=self.name)
+            if group == members:
+                mine = pg
+        sub = copy.copy(self)
+        sub._group, sub._members = mine, list(members)
+        sub.rank, sub.world_size = members.index(self.rank), len(members)
+        return sub
+
+    def _peer(self, group_rank: int) -> int:
+        """torch's point-to-point calls take world ranks even inside a group."""
+        return self._members[group_rank] if self._members else group_rank
 
     # -- capabilities -------------------------------------------------------------------------------------
     def unsupported(self, dtype: DType, redop: str | None) -> str | None:
@@ -111,36 +130,37 @@ class TorchBackend(Backend):
 
     # -- communication ------------------------------------------------------------------------------------
     def all_reduce(self, send, recv, redop):
-        dist.all_reduce(recv, op=_REDOPS[redop])  # in place: the driver passes send is recv
+        dist.all_reduce(recv, op=_REDOPS[redop], group=self._group)  # in place: the driver passes send is recv
 
     def all_gather(self, send, recv):
-        dist.all_gather_into_tensor(recv, send)
+        dist.all_gather_into_tensor(recv, send, group=self._group)
 
     def reduce_scatter(self, send, recv, redop):
-        dist.reduce_scatter_tensor(recv, send, op=_REDOPS[redop])
+        dist.reduce_scatter_tensor(recv, send, op=_REDOPS[redop], group=self._group)
 
     def broadcast(self, send, recv, root):
-        dist.broadcast(recv, src=root)
+        dist.broadcast(recv, src=self._peer(root), group=self._group)
 
     def reduce(self, send, recv, redop, root):
-        dist.reduce(recv, dst=root, op=_REDOPS[redop])
+        dist.reduce(recv, dst=self._peer(root), op=_REDOPS[redop], group=self._group)
 
     def all_to_all(self, send, recv):
-        dist.all_to_all_single(recv, send)
+        dist.all_to_all_single(recv, send, group=self._group)
 
     def sendrecv(self, send, recv, dst, src):
         if dst == self.rank and src == self.rank:
             recv.copy_(send)
             return
-        ops = [dist.P2POp(dist.isend, send, dst), dist.P2POp(dist.irecv, recv, src)]
+        ops = [dist.P2POp(dist.isend, send, self._peer(dst), self._group),
+               dist.P2POp(dist.irecv, recv, self._peer(src), self._group)]
         for work in dist.batch_isend_irecv(ops):
             work.wait()
 
     def send(self, buf, dst):
-        dist.send(buf, dst)
+        dist.send(buf, self._peer(dst), group=self._group)
 
     def recv(self, buf, src):
-        dist.recv(buf, src)
+        dist.recv(buf, self._peer(src), group=self._group)
 
     # -- control plane and timing -------------------------------------------------------------------------
     def barrier(self) -> None:

@@ -26,6 +26,7 @@ class RunConfig:
     timing: str = "aggregate"  # aggregate | per-iter
     time_reduce: str = "avg"  # avg | max | min | rank0
     in_place: bool = False
+    split: str | None = None  # nccl-tests' NCCL_TESTS_SPLIT syntax, e.g. 'MOD 8'
     out_dir: str | None = None  # None: results/<run-id>
     json_path: str | None = None
     timeout_s: float = 600.0

@@ -23,6 +23,7 @@ from fabricbench.engine.patterns import Pattern, count_wrong
 from fabricbench.engine.provenance import now_iso, rank_info, run_record
 from fabricbench.engine.report import TablePrinter
 from fabricbench.engine.sizes import format_size, size_sweep
+from fabricbench.engine.split import groups_of
 from fabricbench.errors import RunFailed, UsageError
 from fabricbench.ops import Call, Layout, Op, resolve_ops
 from fabricbench.results.io import RUN_FILE, atomic_write_json, write_results
@@ -44,18 +45,26 @@ class Measurement:
     nwrong: int
     t_start_ns: int
     t_end_ns: int
+    group: int = 0
 
 
 class Driver:
     def __init__(self, cfg: RunConfig, backend, ranks):
         self.cfg, self.backend, self.ranks = cfg, backend, ranks
-        self.rank, self.n = backend.rank, backend.world_size
+        # `backend` is the whole world (control plane: barriers, results to rank 0); `comm` moves the data, and
+        # is this rank's group when the communicator is split. `rank`/`n` are positions in the data group.
+        self.world_rank, self.world_n = backend.rank, backend.world_size
+        self.groups = groups_of(self.world_n, cfg.split) if cfg.split else {0: list(range(self.world_n))}
+        self.group = next(i for i, members in enumerate(self.groups.values()) if self.world_rank in members)
+        self.members = list(self.groups.values())[self.group]
+        self.comm = backend
+        self.rank, self.n = self.members.index(self.world_rank), len(self.members)
         self.dtype: DType = get_dtype(cfg.dtype)
-        self.is_root = self.rank == 0
+        self.is_root = self.world_rank == 0
         self.rows: list[dict] = []
-        self.printer = TablePrinter(per_iter=cfg.timing == "per-iter")
+        self.printer = TablePrinter(per_iter=cfg.timing == "per-iter", groups=bool(cfg.split))
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-        self._fault_point = FaultPoint(self.rank)
+        self._fault_point = FaultPoint(self.world_rank)
         self.calls = 0  # operation calls entered; a rank behind the others at a timeout is the one stuck
         self.phase = "init"
         self._heartbeat = Heartbeat(self, os.environ.get(PROGRESS_ENV))
@@ -71,6 +80,8 @@ class Driver:
         cfg = self.cfg
         ops = resolve_ops(cfg.ops, self.n)
         self._validate(ops)
+        if cfg.split:
+            self.comm = self.backend.split(self.members, list(self.groups.values()))
         started = now_iso()
         infos = self.backend.gather_object(rank_info(self.ranks, self.backend))
         if self.is_root:
@@ -97,11 +108,12 @@ class Driver:
                 m = self._measure(op, lay, placement)
                 gathered = self.backend.gather_object(m)
                 if self.is_root:
-                    row = self._rows_for(op, lay, placement, gathered)
-                    op_rows.append(row)
-                    total_wrong += int(row["nwrong"])
-                    if not cfg.quiet:
-                        self.printer.row(row)
+                    for group in sorted({g.group for g in gathered}):
+                        row = self._rows_for(op, lay, placement, [g for g in gathered if g.group == group])
+                        op_rows.append(row)
+                        total_wrong += int(row["nwrong"])
+                        if not cfg.quiet:
+                            self.printer.row(row)
                     self._save(final=False)
             self._mark_progress(op.name, -1, "done")
             if self.is_root and not cfg.quiet and op_rows:
@@ -125,8 +137,12 @@ class Driver:
 
     def _validate(self, ops: list[Op]) -> None:
         cfg = self.cfg
+        if len({len(m) for m in self.groups.values()}) != 1:
+            sizes = ", ".join(f"group {i}: {len(m)}" for i, m in enumerate(self.groups.values()))
+            raise UsageError(f"--split '{cfg.split}' makes groups of different sizes ({sizes}); choose a split "
+                             f"that divides the {self.world_n} ranks evenly")
         if not (0 <= cfg.root < self.n):
-            raise UsageError(f"--root {cfg.root} is not a rank of this {self.n}-rank run (0..{self.n - 1})")
+            raise UsageError(f"--root {cfg.root} is not a rank of this {self.n}-rank group (0..{self.n - 1})")
         for op in ops:
             why = op.check_nranks(self.n)
             if why:
@@ -158,7 +174,7 @@ class Driver:
     def _measure(self, op: Op, lay: Layout, placement: str) -> Measurement:
         cfg, b = self.cfg, self.backend
         whole, send, recv = self._buffers(op, lay, placement)
-        call = Call(b, send, recv, cfg.redop, cfg.root, self.rank, self.n, scratch=b.alloc(1, self.dtype))
+        call = Call(self.comm, send, recv, cfg.redop, cfg.root, self.rank, self.n, scratch=b.alloc(1, self.dtype))
         # Timed iterations move real numbers (no NaN or denormal slow paths): the check pattern, seed 0.
         pattern = Pattern(self.dtype, cfg.redop if op.reduces else "none", self.n, seed=0)
         data = op.input(pattern, lay, self.rank, self.n, cfg.root)
@@ -180,8 +196,8 @@ class Driver:
             total_ns, iter_ns, waits, t0, t1 = self._time_aggregate(op, call)
         self._mark_progress(op.name, lay.size_bytes(self.dtype.itemsize), "check")
         nwrong = self._check(op, lay, call, whole)
-        return Measurement(self.rank, self.ranks.host, self.ranks.local_rank, b.gpu, total_ns, iter_ns, waits,
-                           nwrong, t0, t1)
+        return Measurement(self.world_rank, self.ranks.host, self.ranks.local_rank, b.gpu, total_ns, iter_ns, waits,
+                           nwrong, t0, t1, self.group)
 
     def _time_aggregate(self, op: Op, call: Call):
         """nccl-tests' default: iterations back to back, one sync at the end, wall clock around all of it."""
@@ -263,7 +279,7 @@ class Driver:
         algbw, busbw = bw(time_us)
         base = {
             "run_id": cfg.run_id, "op": op.name, "backend": self.backend.name, "device": self.backend.device,
-            "nranks": self.n, "nnodes": len(set(hosts)), "group": 0,
+            "nranks": self.n, "nnodes": len(set(hosts)), "group": ms[0].group,
             "size_bytes": lay.size_bytes(itemsize), "count": lay.count, "dtype": self.dtype.name,
             "redop": cfg.redop if op.reduces else "none", "root": cfg.root if op.rooted else -1,
             "placement": placement, "timing": cfg.timing, "time_reduce": cfg.time_reduce,
@@ -315,7 +331,8 @@ class Driver:
         hosts = sorted(set(self._hosts))
         lines = [
             f"backend {self.backend.name} ({self.backend.device}){' ' + self.backend.placement_note if self.backend.placement_note else ''}, "
-            f"{self.n} ranks on {len(hosts)} host{'s' if len(hosts) != 1 else ''}, launcher {self.ranks.source}",
+            f"{self.world_n} ranks on {len(hosts)} host{'s' if len(hosts) != 1 else ''}, launcher {self.ranks.source}"
+            + (f", split '{cfg.split}' into {len(self.groups)} groups of {self.n}" if cfg.split else ""),
             f"sizes {format_size(cfg.min_bytes)} to {format_size(cfg.max_bytes)}, warmup {cfg.warmup}, iters {cfg.iters}, "
             f"check iters {cfg.check_iters}, timing {cfg.timing}, time = {cfg.time_reduce} across ranks "
             "(max = slowest rank)",

@@ -18,9 +18,10 @@ def _num(x: float | None, digits: int = 2) -> str:
 
 
 class TablePrinter:
-    def __init__(self, stream=None, per_iter: bool = False):
+    def __init__(self, stream=None, per_iter: bool = False, groups: bool = False):
         self.out = stream or sys.stdout
         self.per_iter = per_iter
+        self.groups = groups  # split communicator: one row per group, with its number first
 
     def _p(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -34,14 +35,14 @@ class TablePrinter:
     def op_header(self, op: str, note: str) -> None:
         extra = "        p50        p99     cv" if self.per_iter else ""
         self._p(f"# {op}: {note}")
-        self._p("#" + _FMT.format("size", "count", "type", "redop", "root", "time", "max", "algbw", "busbw",
+        self._p("#" + ("group " if self.groups else "") + _FMT.format("size", "count", "type", "redop", "root", "time", "max", "algbw", "busbw",
                                   "#wrong")[1:] + extra)
         unit_extra = "       (us)       (us)    (%)" if self.per_iter else ""
-        self._p("#" + _FMT.format("(B)", "(elements)", "", "", "", "(us)", "(us)", "(GB/s)", "(GB/s)", "")[1:]
+        self._p("#" + ("      " if self.groups else "") + _FMT.format("(B)", "(elements)", "", "", "", "(us)", "(us)", "(GB/s)", "(GB/s)", "")[1:]
                 + unit_extra)
 
     def row(self, r: Mapping) -> None:
-        line = _FMT.format(r["size_bytes"], r["count"], r["dtype"], r["redop"], r["root"],
+        line = (f"{r['group']:>5} " if self.groups else "") + _FMT.format(r["size_bytes"], r["count"], r["dtype"], r["redop"], r["root"],
                            _num(r["time_us"]), _num(r["time_max_us"]), _num(r["algbw_gbps"]),
                            _num(r["busbw_gbps"]), r["nwrong"])
         if self.per_iter:
