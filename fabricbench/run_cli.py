@@ -33,7 +33,8 @@ def _check_writable_dir(path: Path, option: str) -> None:
 
 
 def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype, redop, root,
-                 check, timing, time_reduce, in_place, out, json_path, timeout, quiet, split=None):
+                 check, timing, time_reduce, in_place, out, json_path, timeout, quiet, split=None,
+                 cuda_graph=False, cpu_bind="auto"):
     from fabricbench.backends import check_backend_name
     from fabricbench.engine.config import RunConfig
     from fabricbench.engine.dtypes import get_dtype, get_redop
@@ -54,6 +55,10 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
     for value, option in ((warmup, "-w/--warmup"), (check, "-c/--check"), (root, "-r/--root")):
         if value < 0:
             raise UsageError(f"{option} must be 0 or more, got {value}")
+    if cpu_bind not in ("auto", "none"):
+        raise UsageError(f"--cpu-bind '{cpu_bind}': choose auto (GPU ranks on their GPU's NUMA-local CPUs) or none")
+    if cuda_graph and timing != "aggregate":
+        raise UsageError("--cuda-graph replays the whole timed loop at once; it needs --timing aggregate")
     if timing not in ("aggregate", "per-iter"):
         raise UsageError(f"--timing '{timing}': choose aggregate or per-iter")
     reduce_map = {"0": "rank0", "1": "avg", "2": "min", "3": "max"}  # nccl-tests' -a numbers work too
@@ -71,7 +76,7 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
         ops=list(ops) or ["all"], backend=backend.lower(), min_bytes=min_b, max_bytes=max_b,
         step_factor=stepfactor, step_bytes=step_b, iters=iters, warmup=warmup, dtype=get_dtype(dtype).name,
         redop=get_redop(redop), root=root, check_iters=check, timing=timing, time_reduce=time_reduce,
-        in_place=in_place, split=split, out_dir=str(out_dir), json_path=json_path, timeout_s=float(timeout), run_id=run_id,
+        in_place=in_place, split=split, cuda_graph=cuda_graph, cpu_bind=cpu_bind, out_dir=str(out_dir), json_path=json_path, timeout_s=float(timeout), run_id=run_id,
         command_line=["fabricbench", *sys.argv[1:]], quiet=quiet,
     )
 
@@ -95,6 +100,8 @@ def validate_for_ranks(cfg, backend: str, nranks: int) -> None:
         group_size = sizes.pop()
     if cfg.root >= group_size:
         raise UsageError(f"--root {cfg.root} is not a rank of a {group_size}-rank group (0..{group_size - 1})")
+    if cfg.cuda_graph and backend != "nccl":
+        raise UsageError(f"--cuda-graph needs the nccl backend on GPUs; this run uses {backend}")
     dtype = get_dtype(cfg.dtype)
     for op in resolve_ops(cfg.ops, group_size):
         why = op.check_nranks(group_size)
@@ -140,6 +147,10 @@ def register(app: typer.Typer) -> None:
         time_reduce: str = typer.Option("avg", "--time-reduce", "-a", help="How a size's time is reduced across "
                                         "ranks: avg (nccl-tests default) | max | min | rank0; or 0-3 as -a."),
         in_place: bool = typer.Option(False, "--in-place", help="Run in place (output buffer = input buffer)."),
+        cuda_graph: bool = typer.Option(False, "--cuda-graph", "-G", help="NCCL on GPUs: capture the timed "
+                                        "loop as a CUDA graph and replay it (nccl-tests -G): no launch overhead."),
+        cpu_bind: str = typer.Option("auto", "--cpu-bind", help="auto: bind each GPU rank to the CPUs local to its "
+                                     "GPU (NUMA) | none"),
         split: str = typer.Option(None, "--split", help="Split the ranks into groups that run at the same time, "
                                   "as NCCL_TESTS_SPLIT: 'MOD 8' = one GPU per node of 8 per group (per-rail "
                                   "tests). Default: $NCCL_TESTS_SPLIT.", show_default=False),
@@ -155,7 +166,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = build_config(ops or [], backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype,
                            redop, root, check, timing, time_reduce, in_place, out, json_path, timeout, quiet,
-                           split)
+                           split, cuda_graph, cpu_bind)
         if json_path:
             _check_writable_dir(Path(json_path).resolve().parent, "--json")
         if in_external_launcher():

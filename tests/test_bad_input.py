@@ -77,3 +77,12 @@ def test_bad_fault_injection_spec():
 
 def test_worker_started_by_hand():
     _assert_usage_error(run_cli("worker"), "fabricbench run")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", "all_reduce", "--nprocs", "2", "--backend", "gloo", "--cuda-graph"], "--cuda-graph needs the nccl backend"),
+    (["run", "all_reduce", "--cuda-graph", "--timing", "per-iter"], "needs --timing aggregate"),
+    (["run", "all_reduce", "--cpu-bind", "socket"], "--cpu-bind 'socket'"),
+])
+def test_gpu_only_options_on_cpu(args, fragment):
+    _assert_usage_error(run_cli(*args), fragment)

@@ -100,6 +100,16 @@ class Backend(ABC):
     def timer(self) -> Timer:
         return Timer()
 
+    def gpu_bus_id(self) -> str | None:
+        """PCI bus id of this rank's GPU ('0000:1b:00.0'), for NUMA binding; None on CPU."""
+        return None
+
+    def capture(self, fn):
+        """Record `fn` (a loop of operation calls) once as a CUDA graph; return a callable that replays it."""
+        from fabricbench.errors import UsageError
+
+        raise UsageError(f"--cuda-graph needs the nccl backend on GPUs (this run uses {self.name} on {self.device})")
+
     def split(self, members: list[int], all_groups: list[list[int]]) -> Backend:
         """A backend for the data path of the group `members` (world ranks, this rank among them).
 

@@ -183,6 +183,30 @@ class TorchBackend(Backend):
     def timer(self) -> Timer:
         return CudaEventTimer() if self.device == "cuda" else Timer()
 
+    def gpu_bus_id(self) -> str | None:
+        if self.device != "cuda":
+            return None
+        props = torch.cuda.get_device_properties(self._dev)
+        try:
+            return f"{props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        except AttributeError:  # older torch: no PCI fields
+            return None
+
+    def capture(self, fn):
+        """nccl-tests -G: the timed loop is captured once and replayed, so launch overhead is not measured."""
+        if self.device != "cuda":
+            return super().capture(fn)
+        side = torch.cuda.Stream(self._dev)
+        side.wait_stream(torch.cuda.current_stream(self._dev))
+        with torch.cuda.stream(side):  # one eager pass on a side stream, as torch asks before capturing
+            fn()
+        torch.cuda.current_stream(self._dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        torch.cuda.synchronize(self._dev)
+        return graph.replay
+
     def versions(self) -> dict[str, Any]:
         info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version()}
         if self.device == "cuda":

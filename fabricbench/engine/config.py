@@ -26,6 +26,8 @@ class RunConfig:
     timing: str = "aggregate"  # aggregate | per-iter
     time_reduce: str = "avg"  # avg | max | min | rank0
     in_place: bool = False
+    cuda_graph: bool = False  # nccl-tests -G: capture the timed loop once, replay it
+    cpu_bind: str = "auto"  # auto: GPU ranks bound to their GPU's NUMA-local CPUs | none
     split: str | None = None  # nccl-tests' NCCL_TESTS_SPLIT syntax, e.g. 'MOD 8'
     out_dir: str | None = None  # None: results/<run-id>
     json_path: str | None = None

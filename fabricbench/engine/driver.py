@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fabricbench.engine import stats
+from fabricbench.engine.binding import bind_to_gpu
 from fabricbench.engine.config import RunConfig
 from fabricbench.engine.dtypes import DType, get_dtype
 from fabricbench.engine.inject import FaultPoint
@@ -83,7 +84,10 @@ class Driver:
         if cfg.split:
             self.comm = self.backend.split(self.members, list(self.groups.values()))
         started = now_iso()
-        infos = self.backend.gather_object(rank_info(self.ranks, self.backend))
+        binding = "not bound (--cpu-bind none)"
+        if cfg.cpu_bind == "auto":
+            binding = bind_to_gpu(self.backend.gpu_bus_id())
+        infos = self.backend.gather_object({**rank_info(self.ranks, self.backend), "cpu_binding": binding})
         if self.is_root:
             self._hosts = [i["host"] for i in infos]
             self._record = run_record(cfg, infos, self.backend, started)
@@ -206,13 +210,20 @@ class Driver:
         b.synchronize()
         host_marks = b.device == "cpu"  # on CPU every call returns complete: each gap is one iteration
         marks = np.empty(iters + 1, dtype=np.int64)
+        replay = None
+        if self.cfg.cuda_graph:
+            replay = b.capture(lambda: [self._call(op, call) for _ in range(iters)])
+            b.barrier()
         t_wall0 = time.time_ns()
         t0 = time.perf_counter_ns()
         marks[0] = t0
-        for i in range(iters):
-            self._call(op, call)
-            if host_marks:
-                marks[i + 1] = time.perf_counter_ns()
+        if replay is not None:
+            replay()
+        else:
+            for i in range(iters):
+                self._call(op, call)
+                if host_marks:
+                    marks[i + 1] = time.perf_counter_ns()
         op.finish(call)
         b.synchronize()
         t1 = time.perf_counter_ns()
