@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; bad input becomes one line on stderr and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=args, prog_name="fabricbench", standalone_mode=False)
+        # Outside standalone mode typer returns the code of an Exit (and 130 for Ctrl-C) instead of raising.
+        code = app(args=args, prog_name="fabricbench", standalone_mode=False)
     except FabricbenchError as err:
         typer.echo(f"fabricbench: error: {_one_line(str(err))}", err=True)
         sys.exit(err.exit_code)
@@ -95,4 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("fabricbench: interrupted", err=True)
         sys.exit(130)
-    sys.exit(0)
+    code = code if isinstance(code, int) else 0
+    if code == 130:
+        typer.echo("fabricbench: interrupted", err=True)
+    sys.exit(code)

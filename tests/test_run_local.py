@@ -212,3 +212,23 @@ def test_schema_columns_are_documented():
     doc = (REPO / "docs" / "results-schema.md").read_text()
     for name in COLUMNS:
         assert f"`{name}`" in doc, f"column {name} is not documented in docs/results-schema.md"
+
+
+def test_ctrl_c_stops_every_rank(tmp_path):
+    import signal
+
+    out = tmp_path / "interrupted"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE"))}
+    proc = subprocess.Popen([sys.executable, "-m", "fabricbench", "run", "all_reduce", "--nprocs", "3", "--backend",
+                             "gloo", "-b", "1K", "-e", "1K", "-n", "100000", "--out", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / ".progress" / "rank0").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    assert _alive_with(str(out)) == []
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and "interrupted" in run["error"]
