@@ -48,3 +48,13 @@ def test_split_run_gives_one_row_per_group(tmp_path):
 def test_uneven_split_is_refused():
     res = run_cli("run", "all_reduce", "--nprocs", "3", "--backend", "gloo", "--split", "MOD 2")
     assert res.returncode == 2 and "does not divide 3 ranks" in res.stderr
+
+
+def test_corruption_in_a_split_run_is_caught(tmp_path):
+    out = tmp_path / "split-corrupt"
+    res = run_cli("run", "all_reduce", "--nprocs", "4", "--backend", "gloo", "--split", "MOD 2", "-b", "4K",
+                  "-e", "4K", "-n", "2", "--out", str(out), env={"FABRICBENCH_INJECT": "corrupt@3"})
+    assert res.returncode == 1 and "wrong values" in res.stderr
+    ops = read_results(out)
+    ops = ops[ops.row_kind == "op"]
+    assert list(ops.sort_values("group").nwrong > 0) == [False, True]  # world rank 3 is in group 1

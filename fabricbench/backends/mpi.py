@@ -24,6 +24,7 @@ standard 16-bit float type; they cannot be reduced. avg is not an MPI reduction.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -158,9 +159,6 @@ class Staged:
     def __init__(self, dev, host: np.ndarray):
         self.dev, self.host = dev, host
 
-    def __len__(self) -> int:
-        return len(self.host)
-
 
 def _wire(buf):
     """The array MPI gets: 16-bit floats as their uint16 bits (MPI has no standard 16-bit float type)."""
@@ -202,32 +200,34 @@ class MPIBackend(Backend):
                               "send"})
 
     def __init__(self, ranks, device: str = "auto"):
-        env_aware = cuda_aware_from_env()  # a bad override fails here, on every rank, before MPI starts
+        env_aware = cuda_aware_from_env()  # a bad override fails here, on every rank
         cupy = _load_cupy() if device != "cpu" else None
-        MPI = None
-
-        def aware() -> bool:
-            nonlocal MPI
-            MPI = MPI or _load_mpi()
-            return mpi_cuda_aware(MPI)
-
-        self.device, self.placement_note = plan_device(device, _gpu_count(cupy), aware)
+        gpus = _gpu_count(cupy)
+        if gpus and device != "cpu":
+            # One GPU per local rank, chosen before MPI initialises (a CUDA-aware MPI binds to it then).
+            self.gpu = ranks.local_rank % gpus
+            cupy.cuda.Device(self.gpu).use()
+        self._MPI = _load_mpi()
+        self.device, self.placement_note = plan_device(device, gpus, lambda: mpi_cuda_aware(self._MPI))
         self._cp = cupy if self.device == "cuda" else None
         self._staged = self.placement_note == "host-staged"
-        if self._cp is not None:
-            # One GPU per local rank, chosen before MPI initialises (a CUDA-aware MPI binds to it then).
-            self.gpu = ranks.local_rank % _gpu_count(cupy)
-            self._cp.cuda.Device(self.gpu).use()
-        self._MPI = MPI or _load_mpi()
-        self._cuda_aware = env_aware if env_aware is not None else (
-            None if self.device == "cpu" else not self._staged)
-        self._comm = self._MPI.COMM_WORLD
+        # None on CPU until versions() asks: nothing else needs the answer there.
+        self._cuda_aware = (not self._staged) if self.device == "cuda" else env_aware
+        self._comm = self._ctrl = self._MPI.COMM_WORLD  # data path; control plane (stays the world on split)
         self.rank, self.world_size = self._comm.Get_rank(), self._comm.Get_size()
         if (self.rank, self.world_size) != (ranks.rank, ranks.world_size):
             raise UsageError(f"MPI says this process is rank {self.rank} of {self.world_size} but the launcher "
                              f"environment ({ranks.source}) says rank {ranks.rank} of {ranks.world_size}; start "
                              "--backend mpi ranks with mpirun -np N (or --nprocs N), not torchrun")
         self._ops = {name: getattr(self._MPI, op) for name, op in _REDOPS.items()}
+
+    def split(self, members: list[int], all_groups: list[list[int]]) -> MPIBackend:
+        # Comm.Split is collective over the world: every rank calls it once, coloured by its group. Ranks in the
+        # new communicator are group ranks, which is what the driver passes as roots and peers.
+        sub = copy.copy(self)
+        sub._comm = self._comm.Split(all_groups.index(members), members.index(self.rank))
+        sub.rank, sub.world_size = sub._comm.Get_rank(), sub._comm.Get_size()
+        return sub
 
     # -- capabilities -------------------------------------------------------------------------------------
     def unsupported(self, dtype: DType, redop: str | None) -> str | None:
@@ -358,19 +358,27 @@ class MPIBackend(Backend):
 
     # -- control plane and timing -------------------------------------------------------------------------
     def barrier(self) -> None:
-        self._comm.Barrier()
+        self._ctrl.Barrier()
 
     def synchronize(self) -> None:
         self._ready()
 
     def gather_object(self, obj: Any) -> list[Any] | None:
-        return self._comm.gather(obj, root=0)
+        return self._ctrl.gather(obj, root=0)
 
     def broadcast_object(self, obj: Any) -> Any:
-        return self._comm.bcast(obj, root=0)
+        return self._ctrl.bcast(obj, root=0)
 
     def timer(self) -> Timer:
         return _SyncedTimer(self.synchronize) if self._cp is not None else Timer()
+
+    def gpu_bus_id(self) -> str | None:
+        if self._cp is None:
+            return None
+        try:
+            return self._cp.cuda.runtime.deviceGetPCIBusId(self.gpu)
+        except Exception:  # noqa: BLE001 - no PCI id: the rank is simply not bound
+            return None
 
     def versions(self) -> dict[str, Any]:
         import mpi4py

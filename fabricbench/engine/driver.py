@@ -8,6 +8,7 @@ bytes (fabricbench.backends).
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from fabricbench.engine import stats
 from fabricbench.engine.binding import bind_to_gpu
 from fabricbench.engine.config import RunConfig
 from fabricbench.engine.dtypes import DType, get_dtype
-from fabricbench.engine.inject import FaultPoint
+from fabricbench.engine.inject import FaultPoint, wrap_with_injected_faults
 from fabricbench.engine.patterns import Pattern, count_wrong
 from fabricbench.engine.provenance import now_iso, rank_info, run_record
 from fabricbench.engine.report import TablePrinter
@@ -74,6 +75,7 @@ class Driver:
 
     # -- the run --------------------------------------------------------------------------------------------
     def run(self) -> int:
+        _SAVE_GUARD.install()
         with self._heartbeat:
             return self._run()
 
@@ -82,7 +84,8 @@ class Driver:
         ops = resolve_ops(cfg.ops, self.n)
         self._validate(ops)
         if cfg.split:
-            self.comm = self.backend.split(self.members, list(self.groups.values()))
+            sub = self.backend.split(self.members, list(self.groups.values()))
+            self.comm = wrap_with_injected_faults(sub, world_rank=self.world_rank)
         started = now_iso()
         binding = "not bound (--cpu-bind none)"
         if cfg.cpu_bind == "auto":
@@ -97,7 +100,8 @@ class Driver:
         sizes = size_sweep(cfg.min_bytes, cfg.max_bytes, cfg.step_factor, cfg.step_bytes)
         total_wrong = 0
         for op in ops:
-            op_rows = []
+            op_rows: list[dict] = []
+            wrong_before = total_wrong
             placement = self._placement(op)
             if self.is_root and not cfg.quiet:
                 self.printer.op_header(op.name, self._op_note(op, placement))
@@ -112,13 +116,8 @@ class Driver:
                 m = self._measure(op, lay, placement)
                 gathered = self.backend.gather_object(m)
                 if self.is_root:
-                    for group in sorted({g.group for g in gathered}):
-                        row = self._rows_for(op, lay, placement, [g for g in gathered if g.group == group])
-                        op_rows.append(row)
-                        total_wrong += int(row["nwrong"])
-                        if not cfg.quiet:
-                            self.printer.row(row)
-                    self._save(final=False)
+                    self._record_size(op, lay, placement, gathered, op_rows)
+                    total_wrong = sum(int(r["nwrong"]) for r in op_rows) + wrong_before
             self._mark_progress(op.name, -1, "done")
             if self.is_root and not cfg.quiet and op_rows:
                 self.printer.op_footer(op_rows)
@@ -138,6 +137,16 @@ class Driver:
             raise RunFailed(f"{total_wrong} wrong values found by the data checks (#wrong column); "
                             f"the fabric or library corrupted data. Results: {self.out_dir}")
         return 0
+
+    def _record_size(self, op: Op, lay: Layout, placement: str, gathered: list, op_rows: list[dict]) -> None:
+        """Rank 0: rows for one size (one per group), printed and saved; a SIGTERM waits until they are on disk."""
+        with _SAVE_GUARD:
+            for group in sorted({g.group for g in gathered}):
+                row = self._rows_for(op, lay, placement, [g for g in gathered if g.group == group])
+                op_rows.append(row)
+                if not self.cfg.quiet:
+                    self.printer.row(row)
+            self._save(final=False)
 
     def _validate(self, ops: list[Op]) -> None:
         cfg = self.cfg
@@ -333,7 +342,8 @@ class Driver:
             return
         if final:
             self._record["end_time"] = now_iso()
-        write_results(self.out_dir, self.rows, self._record)
+        with _SAVE_GUARD:
+            write_results(self.out_dir, self.rows, self._record)
 
     def _print_run_header(self, infos: list[dict]) -> None:
         if self.cfg.quiet:
@@ -366,6 +376,37 @@ class Driver:
         self._fault_point()
         self.calls += 1
         op.run(call)
+
+
+class _SaveGuard:
+    """SIGTERM (how the launcher stops the surviving ranks when one dies) waits for a results write in
+    progress, so the last measured size is on disk before the rank exits."""
+
+    def __init__(self):
+        self._depth = 0  # re-entrant: a size's rows and the file write nest
+        self._pending: int | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._depth:
+            self._pending = signum
+            return
+        raise SystemExit(128 + signum)
+
+    def __enter__(self):
+        self._depth += 1
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0 and self._pending is not None:
+            raise SystemExit(128 + self._pending)
+        return False
+
+
+_SAVE_GUARD = _SaveGuard()
 
 
 class Heartbeat:

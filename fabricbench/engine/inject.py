@@ -86,9 +86,11 @@ def faults_for(rank: int, env=None) -> list[Fault]:
     return [f for f in parse(spec) if f.rank == rank] if spec else []
 
 
-def wrap_with_injected_faults(backend, env=None):
-    """Corruption happens in the data path: wrap the backend so received buffers come back damaged."""
-    faults = [f for f in faults_for(backend.rank, env) if f.kind == "corrupt"]
+def wrap_with_injected_faults(backend, env=None, world_rank: int | None = None):
+    """Corruption happens in the data path: wrap the backend so received buffers come back damaged.
+    `world_rank`: for a split backend, whose own rank is its position in the group."""
+    rank = backend.rank if world_rank is None else world_rank
+    faults = [f for f in faults_for(rank, env) if f.kind == "corrupt"]
     return _Faulty(backend, faults) if faults else backend
 
 

@@ -26,7 +26,9 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 TRANSPORT_KEYS = ("P2P", "SHM", "NET/IB", "NET/IB/GDRDMA", "NET/Socket", "COLLNET")
-DEBUG_SUBSYS = "INIT,NET,GRAPH,TUNING,ENV"
+# TUNING is left out: it logs (and flushes) a line per collective call on rank 0, which would inflate
+# small-message times. Set NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=...,TUNING yourself to record algorithm/protocol.
+DEBUG_SUBSYS = "INIT,NET,GRAPH,ENV"
 LOG_DIR = "logs"
 MAX_LINE = 8192  # longer lines are cut: NCCL's own lines are < 1 KiB (its buffer); the rest is noise
 MAX_WARNINGS = 50
@@ -426,6 +428,8 @@ class _Acc:
             "algo": algo, "proto": proto, "algo_source": source,
             "nranks": main.get("nranks"), "nnodes": main.get("nnodes"), "local_ranks": main.get("local_ranks"),
             "communicators": len(self.comms),
+            "comms": [{k: c.get(k) for k in ("rank", "nranks", "nnodes", "local_ranks", "channels", "ring_channels")}
+                      for c in sorted(self.comms.values(), key=lambda c: c["order"])[:64]],
             "peers": sorted(self.peers.values(), key=lambda p: (p["from"], p["to"], p["transport"])),
             "tuning": tuning, "env": dict(sorted(self.env.items())), "warnings": list(self.warnings),
             "lines": self.lines,
@@ -712,7 +716,8 @@ def note_line(record: Mapping) -> str:
         if isinstance(plugin, str):
             plugin = re.sub(r"\s*\((v\d+)\)$", lambda m: "" if m.group(1) in plugin[:m.start()] else m.group(0),
                             plugin)
-        parts.append(f"network {record['network']}" + (f" (plugin {plugin})" if plugin and plugin != "internal" else ""))
+        via = f" (plugin {plugin})" if plugin and plugin != "internal" else ""
+        parts.append(f"network {record['network']}{via}")
     parts.append(f"transport {record.get('transport') or 'not reported'}")
     if record.get("collnet_failed"):
         parts.append("CollNet failed to start")

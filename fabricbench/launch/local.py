@@ -82,6 +82,9 @@ def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
     if backend == "mpi":
         if os.geteuid() == 0:  # Open MPI refuses root unless told (a container or a CI machine)
             env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        if nprocs >= (os.cpu_count() or 1):
+            # Ranks that spin while waiting steal the cores their peers need: yield instead.
+            env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
             env.pop(key, None)
         log = logs / "mpirun.log"
