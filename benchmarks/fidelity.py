@@ -91,7 +91,8 @@ def worker() -> int:
 
     from fabricbench.backends.torch_dist import TorchBackend
     from fabricbench.engine.config import RunConfig
-    from fabricbench.engine.driver import Driver
+    from fabricbench.engine.driver import BufferPool, Driver
+    from fabricbench.engine.dtypes import get_dtype
     from fabricbench.engine.ranks import discover
 
     plan = json.loads(os.environ[WORKER_ENV])
@@ -113,13 +114,16 @@ def worker() -> int:
             count = size // 4
             init = torch.from_numpy(rng.uniform(-1.0, 1.0, count).astype(np.float32))
             bare_buf = torch.empty(count, dtype=torch.float32)
+            # Both arms keep their buffers for all repeats of a size: the bare loop its tensor, fabricbench its
+            # buffer pool (as in one `fabricbench run`, where buffers live for the whole sweep).
+            pool = BufferPool(backend, get_dtype("float"))
 
             def run_fabricbench() -> dict | None:
                 cfg = RunConfig(ops=["all_reduce"], backend="gloo", min_bytes=size, max_bytes=size,
                                 iters=iters, warmup=warmup, dtype="float", redop="sum", check_iters=0,
                                 timing="aggregate", time_reduce="avg", out_dir=None, quiet=True,
                                 timeout_s=plan["timeout_s"], run_id="fidelity")
-                d = Driver(cfg, backend, ranks)
+                d = Driver(cfg, backend, ranks, pool=pool)
                 d.run()
                 if rank != 0:
                     return None
