@@ -1,0 +1,3 @@
+from fabricbench.topology.cli import standalone_main
+
+standalone_main()
