@@ -1,0 +1,476 @@
+"""`fabricbench submit`, `fabricbench collect` and `fabricbench sweep pairwise` (Slurm, or --local).
+
+The measurement options are `fabricbench run`'s own: they are read from the registered `run` command's
+signature (names, help, defaults), so the two can never drift apart; `submit` passes the ones given on to
+`fabricbench run` inside the job.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import typing
+from pathlib import Path
+
+import typer
+
+from fabricbench.errors import UsageError
+
+KW = inspect.Parameter.KEYWORD_ONLY
+# run's options that mean something else (or nothing) for a job: the ranks come from Slurm, --out is ours.
+RUN_SKIP = ("nprocs", "out", "quiet")
+SWEEP_FROM_RUN = ("backend", "minbytes", "maxbytes", "stepfactor", "stepbytes", "iters", "warmup", "timeout")
+
+
+def _p(name: str, annotation, info) -> inspect.Parameter:
+    return inspect.Parameter(name, KW, default=info, annotation=annotation)
+
+
+def _run_params(app: typer.Typer) -> dict[str, inspect.Parameter]:
+    for cmd in app.registered_commands:
+        if cmd.callback is not None and (cmd.name or cmd.callback.__name__) == "run":
+            hints = typing.get_type_hints(cmd.callback)
+            return {name: p.replace(kind=KW, annotation=hints.get(name, p.annotation))
+                    for name, p in inspect.signature(cmd.callback).parameters.items()}
+    raise RuntimeError("fabricbench.slurm.cli needs the 'run' command registered first (fabricbench.run_cli)")
+
+
+def _slurm_params() -> list[inspect.Parameter]:
+    O = typer.Option  # noqa: N806
+    return [
+        _p("nodes", int, O(None, "--nodes", help="Nodes to allocate (sbatch --nodes).", show_default=False)),
+        _p("nodelist", str, O(None, "--nodelist", help="Exactly these nodes (Slurm host list, e.g. "
+                              "'gpu[01-04]').", show_default=False)),
+        _p("exclude", str, O(None, "--exclude", "-x", help="Never these nodes (Slurm host list).",
+                             show_default=False)),
+        _p("gpus_per_node", int, O(None, "--gpus-per-node", help="GPUs per node (one rank per GPU; default: "
+                                   "none, one rank per node on CPU nodes).", show_default=False)),
+        _p("ntasks_per_node", int, O(None, "--ntasks-per-node", help="Ranks per node [default: --gpus-per-node, "
+                                     "or 1].", show_default=False)),
+        _p("partition", str, O(None, "--partition", "-p", help="Slurm partition.", show_default=False)),
+        _p("account", str, O(None, "--account", "-A", help="Slurm account.", show_default=False)),
+        _p("time_limit", str, O(None, "--time", "-t", help="Job time limit (Slurm format, e.g. 30 or 1:00:00).",
+                                show_default=False)),
+        _p("qos", str, O(None, "--qos", help="Slurm QOS.", show_default=False)),
+        _p("reservation", str, O(None, "--reservation", help="Slurm reservation.", show_default=False)),
+        _p("constraint", str, O(None, "--constraint", "-C", help="Node features (Slurm --constraint).",
+                                show_default=False)),
+        _p("exclusive", bool, O(False, "--exclusive", help="Whole nodes (sbatch --exclusive).")),
+        _p("env", list[str], O(None, "--env", help="NAME=VALUE exported in the job (repeatable), e.g. --env "
+                               "NCCL_IB_HCA=mlx5_0. Values are quoted; names must be variable names.",
+                               show_default=False)),
+        _p("sbatch_arg", list[str], O(None, "--sbatch-arg", help="Any other sbatch option, one per use, e.g. "
+                                      "--sbatch-arg=--mail-type=END.", show_default=False)),
+        _p("srun_mpi", str, O(None, "--srun-mpi", help="srun --mpi plugin for --backend mpi [default: pmix].",
+                              show_default=False)),
+        _p("python", str, O(None, "--python", help="Python on the compute nodes [default: this one, or "
+                            "$FABRICBENCH_PYTHON].", show_default=False)),
+        _p("dry_run", bool, O(False, "--dry-run", help="Print the batch script and exit (nothing is submitted).")),
+        _p("no_wait", bool, O(False, "--no-wait", help="Print the job id and return; 'fabricbench collect JOBID' "
+                              "gathers the results later.")),
+        _p("poll", float, O(2.0, "--poll", help="Seconds between job-state checks.")),
+        _p("out", str, O(None, "--out", help="Results directory, on a filesystem every node sees [default: "
+                         "results/<run-id>].", show_default=False)),
+        _p("quiet", bool, O(False, "--quiet", "-q", help="Print no table (files are still written).")),
+    ]
+
+
+def _command(name: str, doc: str, params: list[inspect.Parameter], body):
+    def wrapper(**kwargs):
+        return body(kwargs)
+
+    wrapper.__name__ = name
+    wrapper.__doc__ = doc
+    wrapper.__signature__ = inspect.Signature(params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def _job_spec(kw: dict, name: str, ntasks_default: int = 1, no_kill: bool = False):
+    from fabricbench.slurm.templates import JobSpec, expand_nodes, parse_sbatch_arg
+
+    nodelist = expand_nodes(kw["nodelist"], "--nodelist") if kw.get("nodelist") else None
+    exclude = expand_nodes(kw["exclude"], "--exclude") if kw.get("exclude") else None
+    nodes = kw.get("nodes")
+    if nodes is None and nodelist:
+        nodes = len(nodelist)
+    if nodes is None:
+        raise UsageError("--nodes N (or --nodelist) is needed: how many nodes the job runs on")
+    gpus = kw.get("gpus_per_node")
+    ntasks = kw.get("ntasks_per_node") or (gpus if gpus else ntasks_default)
+    spec = JobSpec(job_name=name, nodes=nodes, nodelist=nodelist, exclude=exclude, ntasks_per_node=ntasks,
+                   gpus_per_node=gpus, partition=kw.get("partition"), account=kw.get("account"),
+                   time=kw.get("time_limit"), qos=kw.get("qos"), reservation=kw.get("reservation"),
+                   constraint=kw.get("constraint"), exclusive=kw.get("exclusive", False), no_kill=no_kill,
+                   extra=[parse_sbatch_arg(a) for a in kw.get("sbatch_arg") or []])
+    return spec.validate()
+
+
+def _submission(kw: dict, spec, out: Path, backend: str):
+    from fabricbench.slurm.submit import MPI_DEFAULT, Submission, default_python
+    from fabricbench.slurm.templates import parse_env
+
+    mpi = kw.get("srun_mpi") or (MPI_DEFAULT if backend == "mpi" else None)
+    if mpi is not None and mpi != "none":
+        from fabricbench.slurm.templates import check_name
+
+        check_name(mpi, "--srun-mpi")
+    return Submission(spec=spec, out=out, env=parse_env(kw.get("env") or []), python=kw.get("python") or
+                      default_python(), srun_mpi=None if mpi == "none" else mpi)
+
+
+def _out_dir(kw: dict, run_id: str) -> Path:
+    return Path(kw.get("out") or (Path("results") / run_id)).absolute()
+
+
+def _finish(out: Path, job_id: str, final, quiet: bool, sweep: bool) -> int:
+    from fabricbench.slurm.collect import collect_run, collect_sweep
+
+    if sweep:
+        code = collect_sweep(out, quiet=quiet, echo=typer.echo)
+        if final is not None and final.ok is False and code == 0:
+            typer.echo(f"# job {job_id} ended {final.state} (exit {final.exit_code})")
+            code = 1
+        return code
+    return collect_run(out, final, quiet=quiet, echo=typer.echo)
+
+
+def _report_fixed_cost(out: Path) -> None:
+    """Submission to first rank running: from job.json and the ranks' first records/logs."""
+    from fabricbench.slurm.submit import read_job
+
+    meta = read_job(out)
+    starts = []
+    for path in (out / "records").glob("*-rank*.jsonl"):
+        try:
+            first = json.loads(path.read_text().splitlines()[0])
+            starts.append(first["t_ns"] / 1e9)
+        except (OSError, ValueError, IndexError, KeyError):
+            continue
+    if meta.get("submitted") and starts:
+        meta["first_rank_started"] = min(starts)
+        meta["fixed_cost_s"] = min(starts) - meta["submitted"]
+        from fabricbench.results import atomic_write_json
+
+        atomic_write_json(out / "job.json", meta)
+
+
+def register(app: typer.Typer) -> None:
+    run_params = _run_params(app)
+
+    # -- submit ---------------------------------------------------------------------------------------------
+    submit_params = [p for n, p in run_params.items() if n not in RUN_SKIP]
+    names = {p.name for p in submit_params}
+    submit_params += [p for p in _slurm_params() if p.name not in names]
+
+    def submit_body(kw: dict) -> None:
+        from fabricbench.run_cli import build_config, validate_for_ranks
+        from fabricbench.slurm.submit import check_out, ensure_shared, run_args_from, run_script, submit_and_follow
+
+        cfg = build_config(kw["ops"] or [], kw["backend"], kw["minbytes"], kw["maxbytes"], kw["stepfactor"],
+                           kw["stepbytes"], kw["iters"], kw["warmup"], kw["dtype"], kw["redop"], kw["root"],
+                           kw["check"], kw["timing"], kw["time_reduce"], kw["in_place"], None, kw["json_path"],
+                           kw["timeout"], False, kw["split"], kw["cuda_graph"], kw["cpu_bind"])
+        spec = _job_spec(kw, "fabricbench")
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if kw.get("gpus_per_node") else "gloo")
+        nranks = spec.nodes * spec.ntasks_per_node
+        validate_for_ranks(cfg, backend, nranks)
+        out = _out_dir(kw, cfg.run_id)
+        sub = _submission(kw, spec, out, backend)
+        script = run_script(sub, run_args_from(run_params, kw, skip=RUN_SKIP))
+        if kw["dry_run"]:
+            typer.echo(script, nl=False)
+            return
+        out = check_out(out)
+        ensure_shared(out)
+        meta = {"kind": "run", "run_id": cfg.run_id, "command_line": ["fabricbench", *sys.argv[1:]],
+                "nodes": spec.nodes, "ranks": nranks}
+        deadline = None if kw.get("time_limit") else cfg.timeout_s + 3600
+        job_id, final = submit_and_follow(script, out, meta, not kw["no_wait"], kw["poll"], deadline)
+        if kw["no_wait"]:
+            typer.echo(job_id)
+            return
+        raise typer.Exit(_finish(out, job_id, final, kw["quiet"], sweep=False))
+
+    app.command("submit", no_args_is_help=False)(_command(
+        "submit", "Submit a benchmark to Slurm (one rank per GPU, or per node on CPU nodes), follow the job, "
+        "collect and print the results. Every measurement option of 'run' applies.", submit_params, submit_body))
+
+    # -- collect --------------------------------------------------------------------------------------------
+    @app.command("collect")
+    def collect(
+        job: str = typer.Argument(..., help="Job id (its --out is found from job.json under results/ or --out) "
+                                  "or a results directory."),
+        out: str = typer.Option(None, "--out", help="Where the job's results are (its --out).", show_default=False),
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow a job that is still queued or running."),
+        poll: float = typer.Option(2.0, "--poll", help="Seconds between job-state checks."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the tables; print nothing."),
+    ) -> None:
+        """Gather the results of a submitted job (or rebuild a sweep's tables from its records)."""
+        from fabricbench.slurm import jobs
+        from fabricbench.slurm.collect import is_sweep_dir, results_dir_for_job
+
+        path = Path(job)
+        final = None
+        job_id = None
+        if path.is_dir():
+            directory = path.absolute()
+        elif job.isdigit():
+            job_id = job
+            roots = [Path(out)] if out else []
+            directory = Path(out).absolute() if out and (Path(out) / "job.json").exists() else \
+                results_dir_for_job(job, [*roots, Path("results")])
+            if directory is None:
+                raise UsageError(f"no results directory of job {job} under {', '.join(map(str, roots or ['results']))}; "
+                                 "give --out DIR (the directory the job was submitted with)")
+            st = jobs.job_state(job)
+            if st.phase in ("pending", "running"):
+                if not wait:
+                    typer.echo(f"job {job} is still {st.state.lower()}; results will be in {directory}")
+                    raise typer.Exit(1)
+                from fabricbench.slurm.submit import StatusLine
+
+                line = StatusLine(job)
+                try:
+                    st = jobs.follow(job, line, poll_s=poll)
+                except KeyboardInterrupt:
+                    line.close()
+                    typer.echo(f"fabricbench: stopped waiting; job {job} keeps running", err=True)
+                    raise
+                finally:
+                    line.close()
+            final = st if st.phase == "done" else None
+        else:
+            raise UsageError(f"'{job}' is neither a job id nor a results directory")
+        raise typer.Exit(_finish(directory, job_id or "", final, quiet, sweep=is_sweep_dir(directory)))
+
+    # -- sweep ----------------------------------------------------------------------------------------------
+    sweep_app = typer.Typer(help="Fabric sweeps: every node pair in concurrent rounds.", no_args_is_help=True)
+    app.add_typer(sweep_app, name="sweep")
+    O = typer.Option  # noqa: N806
+    sweep_params = [
+        _p("local", bool, O(False, "--local", help="No Slurm: --nodes local processes act as the nodes.")),
+        _p("pattern", str, O("circle", "--pattern", help="circle: every pair once (n-1 rounds for even n, n for "
+                             "odd) | random: --partners random partners per node")),
+        _p("partners", int, O(3, "--partners", help="random pattern: partners (rounds) per node.")),
+        _p("repeat", int, O(1, "--repeat", help="Run the whole schedule this many times.")),
+        _p("seed", int, O(0, "--seed", help="Seed of the random pattern and of retest partners.")),
+        _p("retest", bool, O(False, "--retest/--no-retest", help="Measure the nodes of suspect pairs again, each "
+                             "with a partner it has not met (one more step).")),
+        _p("retest_below", float, O(0.8, "--retest-below", help="A pair is suspect below this fraction of the "
+                                    "median pair bandwidth (or with latency above 2.1x the lowest).")),
+        _p("serial", bool, O(False, "--serial", help="Run the same pairs one at a time (one pair per round): the "
+                             "baseline that shows what concurrent rounds cost in interference and save in time.")),
+        _p("per_rail", bool, O(False, "--per-rail", help="GPU nodes: rank k of each node tests rail (NIC) k "
+                               "against rank k of the others (one rank per GPU).")),
+        _p("hca", str, O(None, "--hca", help="Per-rail: comma-separated HCA of each rail, in local-rank order "
+                         "(mlx5_0,mlx5_1,...): NCCL_IB_HCA='=<hca k>' for rank k.", show_default=False)),
+        _p("pair_timeout", float, O(60.0, "--pair-timeout", help="Seconds one pair may take (all its sizes); "
+                                    "past it the pair is recorded failed.")),
+        _p("connect_timeout", float, O(30.0, "--connect-timeout", help="Seconds to wait for a pair's peer to "
+                                       "show up (it may still be in its previous round).")),
+    ]
+    sweep_run = [run_params[n] for n in SWEEP_FROM_RUN]
+    sweep_all = sweep_params + sweep_run + [p for p in _slurm_params() if p.name not in
+                                            {q.name for q in sweep_params + sweep_run}]
+
+    def sweep_body(kw: dict) -> None:
+        _sweep(kw)
+
+    sweep_app.command("pairwise", no_args_is_help=False)(_command(
+        "pairwise", "All node pairs in concurrent rounds (circle method), both directions and ping-pong "
+        "latency per pair, in one allocation and one long-lived step; --local runs it on this machine.",
+        sweep_all, sweep_body))
+
+    @sweep_app.command("_rank", hidden=True)
+    def sweep_rank(plan: str = typer.Option(..., "--plan")) -> None:
+        """One sweep process (inside the job step)."""
+        from fabricbench.slurm.sweep import run_rank
+
+        raise typer.Exit(run_rank(plan))
+
+    @sweep_app.command("_plan", hidden=True)
+    def sweep_plan(directory: str = typer.Option(..., "--dir")) -> None:
+        """Inside the batch script: the schedule for this allocation's nodes."""
+        from fabricbench.slurm.templates import expand_nodes
+
+        out = Path(directory)
+        meta = json.loads((out / "sweep.json").read_text())
+        nodes = expand_nodes(os.environ.get("SLURM_JOB_NODELIST", ""), "SLURM_JOB_NODELIST")
+        job_id = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
+        plan = _build_plan(meta["config"], nodes, str(out), meta["run_id"], local=False, job_id=job_id)
+        from fabricbench.slurm.planning import plan_path
+
+        plan.save(plan_path(out))
+        typer.echo(f"fabricbench: plan: {len(nodes)} nodes, {len(plan.rounds)} rounds, {plan.pair_count()} pairs",
+                   err=True)
+
+    @sweep_app.command("_retest", hidden=True)
+    def sweep_retest(directory: str = typer.Option(..., "--dir")) -> None:
+        """Inside the batch script: exit 0 with plan-retest.json written when some pair is suspect, else 1."""
+        raise typer.Exit(0 if _plan_retest(Path(directory)) else 1)
+
+
+def _resolve_sweep_backend(name: str) -> str:
+    name = (name or "auto").lower()
+    if name == "auto":
+        from fabricbench.backends import cuda_available
+
+        return "nccl" if cuda_available() else "gloo"
+    if name not in ("gloo", "nccl"):
+        raise UsageError(f"--backend {name}: the pairwise sweep runs over torch.distributed; choose gloo "
+                         "(CPU, TCP) or nccl (GPUs)")
+    return name
+
+
+def _sweep_config(kw: dict) -> dict:
+    from fabricbench.engine.sizes import parse_size, size_sweep
+    from fabricbench.slurm.planning import PATTERNS
+
+    min_b, max_b = parse_size(kw["minbytes"], "-b/--minbytes"), parse_size(kw["maxbytes"], "-e/--maxbytes")
+    step_b = parse_size(kw["stepbytes"], "-i/--stepbytes") if kw.get("stepbytes") is not None else None
+    sizes = size_sweep(min_b, max_b, kw.get("stepfactor"), step_b)
+    if any(s % 4 for s in sizes):
+        raise UsageError("sweep sizes must be multiples of 4 bytes (float32 messages)")
+    for value, option in ((kw["iters"], "-n/--iters"), (kw["timeout"], "--timeout"),
+                          (kw["pair_timeout"], "--pair-timeout"), (kw["connect_timeout"], "--connect-timeout")):
+        if value <= 0:
+            raise UsageError(f"{option} must be positive, got {value}")
+    if kw["warmup"] < 0:
+        raise UsageError(f"-w/--warmup must be 0 or more, got {kw['warmup']}")
+    if kw["pattern"] not in PATTERNS:
+        raise UsageError(f"--pattern '{kw['pattern']}': choose circle or random")
+    if kw["backend"].lower() not in ("auto", "gloo", "nccl"):
+        _resolve_sweep_backend(kw["backend"])
+    if not 0 < kw["retest_below"] <= 1:
+        raise UsageError(f"--retest-below must be in (0, 1], got {kw['retest_below']}")
+    hcas = [h.strip() for h in kw["hca"].split(",") if h.strip()] if kw.get("hca") else None
+    if hcas:
+        from fabricbench.slurm.templates import check_name
+
+        for h in hcas:
+            check_name(h.split(":")[0], "--hca")
+    return dict(sizes=sizes, iters=kw["iters"], warmup=kw["warmup"], backend=kw["backend"],
+                pattern=kw["pattern"], partners=kw["partners"], repeat=kw["repeat"], seed=kw["seed"],
+                retest=kw["retest"], retest_below=kw["retest_below"], per_rail=kw["per_rail"], hcas=hcas,
+                serial=kw["serial"],
+                pair_timeout_s=float(kw["pair_timeout"]), connect_timeout_s=float(kw["connect_timeout"]),
+                timeout_s=float(kw["timeout"]))
+
+
+def _build_plan(config: dict, nodes: list[str], out: str, run_id: str, local: bool, job_id: int = 0,
+                tasks_per_node: int = 1):
+    from fabricbench.slurm.planning import free_port_block, make_rounds, port_base_for_job
+    from fabricbench.slurm.sweep import Plan
+
+    if len(nodes) < 2:
+        raise UsageError(f"a pairwise sweep needs at least 2 nodes, got {len(nodes)}")
+    tpn = int(config.get("tasks_per_node") or tasks_per_node)
+    if not config.get("per_rail"):
+        tpn = 1
+    rounds = make_rounds(len(nodes), config["pattern"], config["partners"], config["repeat"], config["seed"])
+    if config.get("serial"):
+        rounds = [{"round": i, "repeat": r["repeat"], "pairs": [p]}
+                  for i, (r, p) in enumerate((r, p) for r in rounds for p in r["pairs"])]
+    port = free_port_block(len(nodes) * tpn) if local else port_base_for_job(job_id)
+    return Plan(run_id=run_id, out_dir=out, nodes=nodes, rounds=rounds, sizes=config["sizes"],
+                iters=config["iters"], warmup=config["warmup"], backend=_resolve_sweep_backend(config["backend"]),
+                tasks_per_node=tpn, hcas=config.get("hcas"), local=local, port_base=port,
+                connect_timeout_s=config["connect_timeout_s"], pair_timeout_s=config["pair_timeout_s"],
+                step_timeout_s=config.get("step_timeout_s") or config["timeout_s"], ordered=bool(config.get("serial")),
+                extra={"pattern": config["pattern"], "retest_below": config["retest_below"]})
+
+
+def _plan_retest(out: Path):
+    from fabricbench.slurm.planning import load_records, plan_path, retest_plan
+    from fabricbench.slurm.sweep import Plan
+
+    plan = Plan.load(plan_path(out))
+    meta_path = out / "sweep.json"
+    below = json.loads(meta_path.read_text())["config"].get("retest_below", 0.8) if meta_path.exists() else 0.8
+    retest = retest_plan(plan, load_records(out, "sweep"), below=below, seed=plan.extra.get("seed", 0))
+    if retest is None:
+        return None
+    retest.save(plan_path(out, "retest"))
+    return retest
+
+
+def _sweep(kw: dict) -> None:
+    from fabricbench.engine.provenance import now_iso
+    from fabricbench.results import atomic_write_json
+    from fabricbench.run_cli import new_run_id
+
+    config = _sweep_config(kw)
+    run_id = new_run_id()
+    out = _out_dir(kw, run_id)
+    command_line = ["fabricbench", *sys.argv[1:]]
+    if kw["local"]:
+        n = kw.get("nodes")
+        if n is None:
+            raise UsageError("--local needs --nodes N: how many local processes act as nodes")
+        if kw.get("dry_run"):
+            raise UsageError("--dry-run shows a batch script; --local submits nothing")
+        from fabricbench.slurm.local import run_step
+        from fabricbench.slurm.planning import plan_path
+        from fabricbench.slurm.submit import check_out
+
+        tpn = kw.get("ntasks_per_node") or 1
+        config["tasks_per_node"] = tpn
+        nodes = [f"node{i}" for i in range(n)]
+        plan = _build_plan(config, nodes, str(out), run_id, local=True, tasks_per_node=tpn)
+        out = check_out(out)
+        plan.out_dir = str(out)
+        started = now_iso()
+        atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
+                                               "command_line": command_line, "start_time": started,
+                                               "local": True})
+        path = plan.save(plan_path(out))
+        run_step(plan, path, config["timeout_s"])
+        if config["retest"]:
+            retest = _plan_retest(out)
+            if retest is not None:
+                run_step(retest, plan_path(out, "retest"), config["timeout_s"])
+        from fabricbench.slurm.collect import collect_sweep
+
+        raise typer.Exit(collect_sweep(out, quiet=kw["quiet"], echo=typer.echo, command_line=command_line,
+                                       started=started))
+    # Slurm
+    from fabricbench.slurm.submit import check_out, ensure_shared, submit_and_follow, sweep_script
+
+    spec = _job_spec(kw, "fabricbench-sweep", no_kill=True)
+    if spec.nodes < 2:
+        raise UsageError(f"a pairwise sweep needs at least 2 nodes, got --nodes {spec.nodes}")
+    if not config["per_rail"]:
+        if kw.get("ntasks_per_node") not in (None, 1):
+            raise UsageError("--ntasks-per-node > 1 is a per-rail sweep: add --per-rail (rank k of each node "
+                             "tests rail k)")
+        spec.ntasks_per_node = 1
+    config["tasks_per_node"] = spec.ntasks_per_node
+    sub = _submission(kw, spec, out, "gloo")
+    n = spec.nodes
+    rounds = (n - 1 if n % 2 == 0 else n) if config["pattern"] == "circle" else config["partners"]
+    rounds *= config["repeat"]
+    if config["serial"]:
+        rounds *= max(1, n // 2)
+    bound = rounds * (config["pair_timeout_s"] + config["connect_timeout_s"]) + 60
+    step_timeout = min(config["timeout_s"], bound)
+    config["step_timeout_s"] = step_timeout
+    script = sweep_script(sub, step_timeout, config["retest"], config["per_rail"])
+    if kw["dry_run"]:
+        typer.echo(script, nl=False)
+        return
+    out = check_out(out)
+    ensure_shared(out)
+    atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
+                                           "command_line": command_line, "start_time": now_iso()})
+    meta = {"kind": "sweep", "run_id": run_id, "command_line": command_line, "nodes": n}
+    deadline = None if kw.get("time_limit") else 2 * step_timeout + 3600
+    job_id, final = submit_and_follow(script, out, meta, not kw["no_wait"], kw["poll"], deadline)
+    if kw["no_wait"]:
+        typer.echo(job_id)
+        return
+    _report_fixed_cost(out)
+    raise typer.Exit(_finish(out, job_id, final, kw["quiet"], sweep=True))
+

@@ -1,0 +1,108 @@
+"""Which node pairs run in which round: the circle method, random partners, repeats, and retests.
+
+Nodes are indices 0..n-1 (positions in the step's node list). A round is a list of disjoint pairs; the
+pairs of one round run at the same time. Pairs are written (a, b) with a < b.
+
+- `circle(n)`: every pair exactly once; even n: n-1 rounds of n/2 pairs; odd n: n rounds of (n-1)/2 pairs
+  with one node idle per round (a "bye" is added and its partner sits out).
+- `random_partners(n, k, seed)`: k rounds, each a random matching, avoiding pairs already used when possible,
+  so each node meets about k different partners (imbue's cluster-health style).
+- `pack(pairs)`: any list of pairs into as few rounds of disjoint pairs as a greedy packing finds.
+- `retest_pairs(...)`: for every suspect pair (a, b), a and b each get a partner they have not met, chosen among
+  nodes that looked healthy, so a bad node shows up again and a bad path does not (k-of-m confirmation).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+
+Pair = tuple[int, int]
+
+
+def _norm(a: int, b: int) -> Pair:
+    return (a, b) if a < b else (b, a)
+
+
+def circle(n: int) -> list[list[Pair]]:
+    if n < 2:
+        return []
+    ids: list[int | None] = list(range(n)) + ([None] if n % 2 else [])
+    m = len(ids)
+    rounds: list[list[Pair]] = []
+    for _ in range(m - 1):
+        pairs = []
+        for i in range(m // 2):
+            a, b = ids[i], ids[m - 1 - i]
+            if a is not None and b is not None:
+                pairs.append(_norm(a, b))
+        rounds.append(sorted(pairs))
+        ids = [ids[0], ids[-1], *ids[1:-1]]  # keep the first fixed, rotate the rest
+    return rounds
+
+
+def random_partners(n: int, k: int, seed: int = 0) -> list[list[Pair]]:
+    """k rounds of random matchings; repeats a pair only when no fresh matching is found in a few tries."""
+    if n < 2 or k < 1:
+        return []
+    rng = random.Random(seed)
+    used: set[Pair] = set()
+    rounds = []
+    for _ in range(k):
+        best: list[Pair] | None = None
+        best_fresh = -1
+        for _attempt in range(50):
+            order = list(range(n))
+            rng.shuffle(order)
+            pairs = [_norm(order[i], order[i + 1]) for i in range(0, n - 1, 2)]
+            fresh = sum(p not in used for p in pairs)
+            if fresh > best_fresh:
+                best, best_fresh = pairs, fresh
+            if fresh == len(pairs):
+                break
+        assert best is not None
+        used.update(best)
+        rounds.append(sorted(best))
+    return rounds
+
+
+def pack(pairs: Iterable[Pair]) -> list[list[Pair]]:
+    """Greedy: each pair goes into the first round where neither node is busy."""
+    rounds: list[list[Pair]] = []
+    busy: list[set[int]] = []
+    for a, b in pairs:
+        for i, nodes in enumerate(busy):
+            if a not in nodes and b not in nodes:
+                rounds[i].append(_norm(a, b))
+                nodes.update((a, b))
+                break
+        else:
+            rounds.append([_norm(a, b)])
+            busy.append({a, b})
+    return [sorted(r) for r in rounds]
+
+
+def retest_pairs(n: int, suspects: Sequence[Pair], tested: Iterable[Pair], healthy: Iterable[int],
+                 seed: int = 0) -> list[Pair]:
+    """New pairs that re-measure each node of each suspect pair against a partner it has not met yet."""
+    rng = random.Random(seed)
+    met: set[Pair] = {_norm(*p) for p in tested}
+    good = [i for i in sorted(set(healthy)) if 0 <= i < n]
+    load = {i: 0 for i in range(n)}  # spread the retests over the healthy nodes
+    out: list[Pair] = []
+    for a, b in suspects:
+        for node in (a, b):
+            candidates = [c for c in good if c not in (a, b) and _norm(node, c) not in met]
+            if not candidates:
+                continue
+            rng.shuffle(candidates)
+            c = min(candidates, key=lambda x: load[x])
+            pair = _norm(node, c)
+            met.add(pair)
+            load[c] += 1
+            out.append(pair)
+    return out
+
+
+def all_pairs(rounds: Iterable[Iterable[Pair]]) -> list[Pair]:
+    return [p for r in rounds for p in r]

@@ -1,0 +1,193 @@
+"""Build the batch script for a collective run or a sweep, submit it, follow the job, collect the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fabricbench.errors import UsageError
+from fabricbench.slurm import jobs
+from fabricbench.slurm.collect import JOB_FILE, NODES_FILE
+from fabricbench.slurm.templates import JobSpec, env_lines, load_template, render, shell_words
+
+MPI_DEFAULT = "pmix"
+
+
+@dataclass
+class Submission:
+    spec: JobSpec
+    out: Path
+    env: list[tuple[str, str]] = field(default_factory=list)
+    python: str = sys.executable
+    srun_mpi: str | None = None  # --mpi=<this> on srun (MPI backend)
+    extra_srun: list[str] = field(default_factory=list)
+
+    def common(self) -> dict[str, str]:
+        self.spec.output_dir = str(self.out)
+        sbatch = self.spec.directives()
+        return {
+            "SBATCH": "\n".join(sbatch),
+            "ENV": "\n".join(env_lines(self.env)) if self.env else "# (no --env)",
+            "OUT": shell_words([str(self.out)]),
+            # srun expands %t, %N, ... in --output/--error: a literal '%' of the path is written '%%' there
+            "OUT_PATTERN": shell_words([str(self.out).replace("%", "%%")]),
+            "JOB_INFO": f'printf "%s\\n" "$SLURM_JOB_NODELIST" > "$OUT/{NODES_FILE}"',
+            "SRUN_ARGS": shell_words(self._srun_args()),
+        }
+
+    def _srun_args(self) -> list[str]:
+        args = [f"--ntasks-per-node={self.spec.ntasks_per_node}"]
+        if self.srun_mpi:
+            args.append(f"--mpi={self.srun_mpi}")
+        return args + list(self.extra_srun)
+
+    def fb(self, *words: str) -> str:
+        return shell_words([self.python, "-m", "fabricbench", *words])
+
+
+def run_script(sub: Submission, run_args: Sequence[str]) -> str:
+    values = sub.common()
+    values["COMMAND"] = sub.fb("run", *run_args, "--out", str(sub.out))
+    return render(load_template("run"), values)
+
+
+def sweep_script(sub: Submission, step_timeout_s: float, retest: bool, per_rail: bool) -> str:
+    values = sub.common()
+    out = str(sub.out)
+    values.update(
+        PLAN=sub.fb("sweep", "_plan", "--dir", out),
+        STEP_TIMEOUT=str(int(step_timeout_s)),
+        RANK_COMMAND=shell_words([sub.python, "-m", "fabricbench.slurm.sweep", "--plan", str(Path(out) / "plan.json")]),
+        RETEST_PLAN=sub.fb("sweep", "_retest", "--dir", out) if retest else "false",
+        RETEST_COMMAND=shell_words([sub.python, "-m", "fabricbench.slurm.sweep", "--plan",
+                                    str(Path(out) / "plan-retest.json")]),
+        COLLECT=sub.fb("collect", out, "--quiet"),
+    )
+    return render(load_template("rail-sweep" if per_rail else "pairwise"), values)
+
+
+def run_args_from(params: dict, values: dict, skip: Sequence[str] = ()) -> list[str]:
+    """The `fabricbench run` words for option values that differ from their defaults (ops first)."""
+    words: list[str] = []
+    for name, param in params.items():
+        if name in skip:
+            continue
+        value = values.get(name)
+        info = param.default
+        decls = [d for d in (getattr(info, "param_decls", None) or ()) if d.startswith("--")]
+        if not decls:  # the OPS argument
+            words = [*(value or []), *words]
+            continue
+        if value is None or value == info.default:
+            continue
+        if isinstance(value, bool):
+            words.append(decls[0])
+        else:
+            words += [decls[0], str(value)]
+    return words
+
+
+# -- following a job -------------------------------------------------------------------------------------------
+class StatusLine:
+    """A live line on a terminal (rich), one line per change otherwise."""
+
+    def __init__(self, job_id: str, stream=None):
+        self.job_id, self.stream = job_id, stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._last = None
+        self._status = None
+        if self.tty:
+            from rich.console import Console
+
+            self._status = Console(file=self.stream).status(f"job {job_id}: submitted")
+            self._status.start()
+
+    def __call__(self, st: jobs.JobState, elapsed: float) -> None:
+        text = f"job {self.job_id}: {st.phase} ({st.state.lower()}"
+        if st.reason and st.phase == "pending":
+            text += f", {st.reason}"
+        if st.nodes and st.phase != "pending":
+            text += f", nodes {st.nodes}"
+        text += f") {elapsed:.0f} s"
+        if self._status is not None:
+            self._status.update(text)
+        elif (st.phase, st.state) != self._last:
+            print(f"fabricbench: {text}", file=self.stream, flush=True)
+        self._last = (st.phase, st.state)
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+
+def submit_and_follow(script: str, out: Path, meta: dict, wait: bool, poll_s: float, deadline_s: float | None):
+    """sbatch the script; returns (job_id, final JobState or None with --no-wait). Ctrl-C cancels the job."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    (out / "job.sbatch").write_text(script)
+    t0 = time.time()
+    job_id = jobs.sbatch(script)
+    meta = dict(meta, job_id=job_id, submitted=t0)
+    from fabricbench.results import atomic_write_json
+
+    atomic_write_json(out / JOB_FILE, meta)
+    if not wait:
+        return job_id, None
+    line = StatusLine(job_id)
+    first_running: list[float] = []
+
+    def on_change(st, elapsed):
+        if st.phase in ("running", "done") and not first_running:
+            first_running.append(time.time())
+        line(st, elapsed)
+
+    try:
+        final = jobs.follow(job_id, on_change, poll_s=poll_s, deadline_s=deadline_s)
+    except KeyboardInterrupt:
+        line.close()
+        cancelled = jobs.scancel(job_id)
+        print(f"fabricbench: {'cancelled' if cancelled else 'could not cancel'} Slurm job {job_id} (scancel)",
+              file=sys.stderr, flush=True)
+        raise
+    finally:
+        line.close()
+    meta["finished"] = time.time()
+    if first_running:
+        meta["first_seen_running"] = first_running[0]
+    atomic_write_json(out / JOB_FILE, meta)
+    return job_id, final
+
+
+def read_job(out: Path) -> dict:
+    try:
+        return json.loads((out / JOB_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def default_python() -> str:
+    return os.environ.get("FABRICBENCH_PYTHON", sys.executable)
+
+
+def ensure_shared(out: Path) -> None:
+    if str(out).startswith(("/tmp/", "/var/tmp/", "/dev/shm/")):
+        print(f"fabricbench: warning: --out {out} is under a node-local directory on most clusters; the ranks "
+              "write there on their own nodes, so results may not come back. Use a shared filesystem path.",
+              file=sys.stderr)
+
+
+def check_out(out: Path) -> Path:
+    out = out.resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot create it ({err.strerror or err})") from None
+    if any(out.iterdir()) and (out / "run.json").exists():
+        raise UsageError(f"--out {out} already holds results; choose a new directory")
+    return out
+
