@@ -1,0 +1,97 @@
+"""Importers: one module per input format; `load(path)` sniffs the format and returns a `Dataset`.
+
+Formats: fabricbench results (a directory with results.parquet, or the .parquet file), nccl-tests text output
+(any *_perf log, lenient) and JSON (`-J`), nvbandwidth text and JSON, perftest `ib_write_bw` output.
+Every failure is a `UsageError` naming the file (exit 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fabricbench.analyze.model import Dataset
+from fabricbench.errors import UsageError
+
+MAX_TEXT_BYTES = 256 * 1024 * 1024
+
+
+def _read_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise UsageError(f"{path}: {size} bytes is too large for a text tool output")
+        data = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
+    return data.decode("utf-8", errors="replace")
+
+
+def sniff(path: Path) -> str:
+    """The format of `path`: fabricbench | nccl-tests-json | nvbandwidth-json | nccl-tests | nvbandwidth | ib_write_bw."""
+    if path.is_dir():
+        if (path / "results.parquet").exists():
+            return "fabricbench"
+        raise UsageError(f"{path}: a directory without results.parquet (not a fabricbench results directory)")
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or directory")
+    if path.suffix == ".parquet":
+        return "fabricbench"
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(b"PAR1"):
+        return "fabricbench"
+    text = head.decode("utf-8", errors="replace")
+    stripped = text.lstrip()
+    if stripped.startswith("{") or stripped.startswith("["):
+        if "nvbandwidth" in text or "testcases" in text or "bandwidth_matrix" in text:
+            return "nvbandwidth-json"
+        return "nccl-tests-json"
+    full = _read_text(path)
+    if "RDMA_Write BW Test" in full or "BW average[" in full or ("#bytes" in full and "#iterations" in full):
+        return "ib_write_bw"
+    if "nvbandwidth" in full or ("Running " in full and "GPU(row)" in full) or full.lstrip().startswith("SUM "):
+        return "nvbandwidth"
+    return "nccl-tests"
+
+
+def load(spec: str | Path, host: str | None = None) -> Dataset:
+    path = Path(spec)
+    kind = sniff(path)
+    if kind == "fabricbench":
+        from fabricbench.analyze.importers.fabricbench_results import load_results
+
+        return load_results(path)
+    if kind in ("nccl-tests-json", "nvbandwidth-json"):
+        text = _read_text(path)
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}); truncated?") from None
+        if kind == "nvbandwidth-json":
+            from fabricbench.analyze.importers.nvbandwidth import parse_json
+
+            return parse_json(doc, str(path))
+        from fabricbench.analyze.importers.nccl_tests_json import parse_json
+
+        return parse_json(doc, str(path))
+    text = _read_text(path)
+    if kind == "ib_write_bw":
+        from fabricbench.analyze.importers.ib_write_bw import parse_text
+
+        return parse_text(text, str(path), host=host)
+    if kind == "nvbandwidth":
+        from fabricbench.analyze.importers.nvbandwidth import parse_text
+
+        return parse_text(text, str(path), host=host)
+    from fabricbench.analyze.importers.nccl_tests_text import parse_text
+
+    return parse_text(text, str(path))
+
+
+def load_all(specs: list[str], host: str | None = None) -> Dataset:
+    from fabricbench.analyze.model import merge
+
+    if not specs:
+        raise UsageError("no results given: name one or more results directories or tool outputs")
+    return merge([load(s, host=host) for s in specs])

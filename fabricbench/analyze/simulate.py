@@ -1,0 +1,314 @@
+"""Synthetic fabrics with injected faults, written in the normal results format, for tests, demos and benchmarks.
+
+Fabric: N nodes on L leaves (node names node0001..., leaves leaf1...), S spines; optional R rails per node
+(one NIC per rail) and G GPUs per node (NVSwitch-style GPU x GPU matrix). Pattern: `all` (circle method:
+n-1 rounds of n/2 disjoint pairs, both directions) or `random-K` (K rounds of a random perfect matching).
+
+Faults (`KIND:TARGET[:FACTOR]`, FACTOR = fraction of the rate left, default 0.5):
+  nic:node0005[:0.5]          node's NIC(s) (both directions; `nic:node0005/2` one rail)
+  pair:node0001->node0002     one directed pair
+  uplink:leaf3                a leaf's uplinks (both directions)
+  switch:leaf3                a leaf switch (every path touching it)
+  gpu:node0004/3              GPU 3 of node0004 (row and column)
+  nvlink:node0004/3[:K]       K NVLinks of 18 down on GPU 3 (default 1: ~5.6%)
+  latency:node0006[:3]        the node's pairs take FACTOR times longer to start (latency only)
+
+Noise (`--noise SIGMA`, default 0.03): per-measurement Gaussian log-noise, a heavy tail (1% of measurements
+dip by |t3| x 2 SIGMA), a factor shared by every measurement of a round and size (SIGMA/2), and intermittent
+faults (`--intermittent P`: a pair loses 20-50% for one round with probability P). Every value is reproducible
+from `--seed`. The ground truth goes to `simulation.json` beside the results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fabricbench.errors import UsageError
+
+INTRA_GBPS = 48.0
+INTER_GBPS = 46.0
+GPU_GBPS = 370.0
+NVLINKS = 18
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    factor: float
+    rail: int | None = None
+    gpu: int | None = None
+
+    def truth(self) -> dict:
+        comp = self.target
+        if self.kind == "nic" and self.rail is not None:
+            comp = f"{self.target}/{self.rail}"
+        if self.kind in ("gpu", "nvlink"):
+            comp = f"{self.target}:GPU{self.gpu}"
+        return {"kind": self.kind, "component": comp, "host": self.target.split("->")[0] if self.kind != "uplink" and self.kind != "switch" else None,
+                "target": self.target, "factor": self.factor, "rail": self.rail, "gpu": self.gpu}
+
+
+def parse_fault(spec: str) -> Fault:
+    parts = spec.split(":")
+    if len(parts) < 2:
+        raise UsageError(f"--fault {spec!r}: expected KIND:TARGET[:FACTOR] (e.g. nic:node0005:0.6)")
+    kind, target = parts[0].strip().lower(), parts[1].strip()
+    if kind not in ("nic", "pair", "uplink", "switch", "gpu", "nvlink", "latency"):
+        raise UsageError(f"--fault {spec!r}: unknown kind {kind!r} (nic, pair, uplink, switch, gpu, nvlink, latency)")
+    factor = 0.5
+    if len(parts) > 2:
+        try:
+            factor = float(parts[2])
+        except ValueError:
+            raise UsageError(f"--fault {spec!r}: factor {parts[2]!r} is not a number") from None
+    rail = gpu = None
+    if kind == "nvlink":
+        links = int(factor) if len(parts) > 2 else 1
+        if not 1 <= links <= NVLINKS:
+            raise UsageError(f"--fault {spec!r}: NVLinks down must be 1..{NVLINKS}")
+        factor = (NVLINKS - links) / NVLINKS
+    elif kind == "latency":
+        if len(parts) < 3:
+            factor = 3.0
+        if factor < 1:
+            raise UsageError(f"--fault {spec!r}: a latency factor multiplies latency (>= 1)")
+    elif not 0 < factor <= 1:
+        raise UsageError(f"--fault {spec!r}: factor must be in (0, 1] (fraction of the rate left)")
+    if "/" in target:
+        host, idx = target.split("/", 1)
+        try:
+            number = int(idx)
+        except ValueError:
+            raise UsageError(f"--fault {spec!r}: {idx!r} is not a rail/GPU index") from None
+        target = host
+        if kind in ("gpu", "nvlink"):
+            gpu = number
+        else:
+            rail = number
+    elif kind in ("gpu", "nvlink"):
+        raise UsageError(f"--fault {spec!r}: name the GPU as HOST/INDEX")
+    if kind == "pair" and "->" not in target:
+        raise UsageError(f"--fault {spec!r}: a pair is SRC->DST")
+    return Fault(kind, target, factor, rail, gpu)
+
+
+@dataclass
+class SimSpec:
+    nodes: int = 16
+    leaves: int = 4
+    spines: int = 1
+    rails: int = 1
+    gpus: int = 0
+    pattern: str = "all"
+    sizes: list[int] = field(default_factory=lambda: [1 << 28, 1 << 30])
+    repeats: int = 1
+    noise: float = 0.03
+    intermittent: float = 0.0
+    seed: int = 0
+    faults: list[Fault] = field(default_factory=list)
+    names: list[str] | None = None
+    leaf_of: dict[str, str] | None = None
+
+    def hosts(self) -> list[str]:
+        if self.names:
+            return list(self.names)
+        width = max(4, len(str(self.nodes)))
+        return [f"node{i + 1:0{width}d}" for i in range(self.nodes)]
+
+    def leaves_map(self) -> dict[str, str]:
+        if self.leaf_of:
+            return dict(self.leaf_of)
+        hosts = self.hosts()
+        per = math.ceil(len(hosts) / max(self.leaves, 1))
+        return {h: f"leaf{i // per + 1}" for i, h in enumerate(hosts)}
+
+
+def _pairs(n: int, pattern: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unordered pairs (a < b not required) and their round."""
+    if pattern == "all":
+        m = n if n % 2 == 0 else n + 1  # a dummy node when odd
+        i, j = np.triu_indices(m, k=1)
+        last = m - 1
+        rnd = np.where(j == last, (2 * i) % (m - 1), (i + j) % (m - 1))
+        keep = (i < n) & (j < n)
+        return i[keep], j[keep], rnd[keep]
+    if pattern.startswith("random-"):
+        try:
+            k = int(pattern.split("-", 1)[1])
+        except ValueError:
+            raise UsageError(f"--pattern {pattern!r}: expected all or random-K") from None
+        a_all, b_all, r_all = [], [], []
+        for r in range(k):
+            perm = rng.permutation(n)
+            half = n // 2
+            a_all.append(perm[:half])
+            b_all.append(perm[half:2 * half])
+            r_all.append(np.full(half, r))
+        return np.concatenate(a_all), np.concatenate(b_all), np.concatenate(r_all)
+    raise UsageError(f"--pattern {pattern!r}: expected all or random-K")
+
+
+def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
+    rng = np.random.default_rng(spec.seed)
+    hosts = spec.hosts()
+    n = len(hosts)
+    if n < 2:
+        raise UsageError("simulate needs at least 2 nodes")
+    hi = {h: i for i, h in enumerate(hosts)}
+    leaf_map = spec.leaves_map()
+    leaf_names = sorted(set(leaf_map.values()), key=lambda s: (len(s), s))
+    li = {x: k for k, x in enumerate(leaf_names)}
+    leaf = np.array([li[leaf_map[h]] for h in hosts])
+    R = max(spec.rails, 1)
+    send = np.ones((n, R))
+    recv = np.ones((n, R))
+    up = np.ones(len(leaf_names))
+    sw = np.ones(len(leaf_names))
+    pair_f: dict[tuple[int, int], float] = {}
+    lat_f = np.ones(n)
+    for f in spec.faults:
+        if f.kind in ("nic", "gpu", "nvlink", "latency") and f.target not in hi:
+            raise UsageError(f"--fault {f.kind}:{f.target}: no such node (nodes {hosts[0]}..{hosts[-1]})")
+        if f.kind == "nic":
+            rails = range(R) if f.rail is None else [f.rail]
+            if f.rail is not None and not 0 <= f.rail < R:
+                raise UsageError(f"--fault nic:{f.target}/{f.rail}: rail out of range (0..{R - 1})")
+            for r in rails:
+                send[hi[f.target], r] *= f.factor
+                recv[hi[f.target], r] *= f.factor
+        elif f.kind == "latency":
+            lat_f[hi[f.target]] *= f.factor
+        elif f.kind == "pair":
+            a, b = (x.strip() for x in f.target.split("->"))
+            if a not in hi or b not in hi:
+                raise UsageError(f"--fault pair:{f.target}: no such node")
+            pair_f[(hi[a], hi[b])] = f.factor
+        elif f.kind in ("uplink", "switch"):
+            if f.target not in li:
+                raise UsageError(f"--fault {f.kind}:{f.target}: no such leaf ({', '.join(leaf_names)})")
+            (up if f.kind == "uplink" else sw)[li[f.target]] *= f.factor
+    a, b, rnd = _pairs(n, spec.pattern, rng)
+    # both directions
+    src = np.concatenate([a, b])
+    dst = np.concatenate([b, a])
+    direction = np.concatenate([np.zeros(len(a), np.int8), np.ones(len(a), np.int8)])
+    rnd = np.concatenate([rnd, rnd])
+    node_a = np.concatenate([a, a])
+    node_b = np.concatenate([b, b])
+    S = len(spec.sizes)
+    P = len(src)
+    reps = max(spec.repeats, 1)
+    rounds_per_rep = int(rnd.max()) + 1 if P else 1
+    total = P * S * R * reps
+    idx_pair = np.tile(np.arange(P), S * R * reps)
+    size_i = np.repeat(np.tile(np.arange(S), R * reps), P)
+    rail_i = np.repeat(np.tile(np.repeat(np.arange(R), S), reps), P)
+    rep_i = np.repeat(np.arange(reps), P * S * R)
+    s_, d_ = src[idx_pair], dst[idx_pair]
+    cross = leaf[s_] != leaf[d_]
+    base = np.where(cross, INTER_GBPS, INTRA_GBPS) / R
+    factor = np.minimum(send[s_, rail_i], recv[d_, rail_i])
+    factor = np.minimum(factor, np.minimum(sw[leaf[s_]], sw[leaf[d_]]))
+    factor = np.where(cross, np.minimum(factor, np.minimum(up[leaf[s_]], up[leaf[d_]])), factor)
+    if pair_f:
+        key = s_.astype(np.int64) * n + d_
+        for (x, y), fac in pair_f.items():
+            hit = key == x * n + y
+            factor[hit] = np.minimum(factor[hit], fac)
+    round_all = rnd[idx_pair] + rep_i * rounds_per_rep
+    sigma = spec.noise
+    noise = rng.standard_normal(total) * sigma
+    tail = rng.random(total) < 0.01
+    noise[tail] -= np.abs(rng.standard_t(3, tail.sum())) * 2 * sigma
+    n_rounds = int(round_all.max()) + 1
+    round_factor = rng.standard_normal((n_rounds, S)) * sigma / 2
+    noise += round_factor[round_all, size_i]
+    if spec.intermittent > 0:
+        # per (pair, round): both directions and every size of that round
+        upair = idx_pair % len(a) if len(a) else idx_pair
+        key = upair.astype(np.int64) * n_rounds + round_all
+        uniq, inv = np.unique(key, return_inverse=True)
+        hit = rng.random(len(uniq)) < spec.intermittent
+        depth = rng.uniform(0.2, 0.5, len(uniq))
+        noise += np.where(hit[inv], np.log(1 - depth[inv]), 0.0)
+    bw = base * factor * np.exp(np.minimum(noise, 3 * sigma))
+    size_arr = np.asarray(spec.sizes, dtype=np.int64)[size_i]
+    time_us = size_arr / (bw * 1e3)
+    cat_hosts = pd.Categorical.from_codes(np.arange(n), categories=hosts)
+    frame = pd.DataFrame({
+        "run_id": pd.Categorical(["sim"]).repeat(total) if total else pd.Categorical([]),
+        "row_kind": pd.Categorical(["pair"]).repeat(total) if total else pd.Categorical([]),
+        "op": pd.Categorical(["p2p_uni"]).repeat(total) if total else pd.Categorical([]),
+        "size_bytes": size_arr, "time_us": time_us, "algbw_gbps": bw, "busbw_gbps": bw,
+        "latency_us": 2.0 * np.maximum(lat_f[s_], lat_f[d_]) * np.exp(rng.standard_normal(total) * sigma),
+        "status": pd.Categorical(["ok"]).repeat(total) if total else pd.Categorical([]),
+        "round": round_all.astype(np.int64),
+        "node_a": pd.Categorical.from_codes(node_a[idx_pair], categories=hosts),
+        "node_b": pd.Categorical.from_codes(node_b[idx_pair], categories=hosts),
+        "direction": pd.Categorical.from_codes(direction[idx_pair], categories=["a->b", "b->a"]),
+    })
+    del cat_hosts
+    if R > 1:
+        frame["rail"] = rail_i.astype(np.int64)
+        frame["nic"] = pd.Categorical.from_codes(rail_i, categories=[f"mlx5_{r}" for r in range(R)])
+    gpu_rows = _gpu_rows(spec, hosts, rng) if spec.gpus else None
+    if gpu_rows is not None:
+        frame = pd.concat([frame, gpu_rows], ignore_index=True)
+    truth = {"nodes": n, "leaves": leaf_map, "spines": spec.spines, "rails": R, "gpus": spec.gpus,
+             "pattern": spec.pattern, "sizes": spec.sizes, "repeats": reps, "noise": spec.noise,
+             "intermittent": spec.intermittent, "seed": spec.seed, "faults": [f.truth() for f in spec.faults]}
+    return frame, truth
+
+
+def _gpu_rows(spec: SimSpec, hosts: list[str], rng: np.random.Generator) -> pd.DataFrame:
+    G = spec.gpus
+    gf: dict[tuple[str, int], float] = {}
+    for f in spec.faults:
+        if f.kind in ("gpu", "nvlink"):
+            if not 0 <= (f.gpu or 0) < G:
+                raise UsageError(f"--fault {f.kind}:{f.target}/{f.gpu}: GPU out of range (0..{G - 1})")
+            gf[(f.target, f.gpu)] = min(gf.get((f.target, f.gpu), 1.0), f.factor)
+    rows = []
+    for h in hosts:
+        for s in range(G):
+            for d in range(G):
+                if s == d:
+                    continue
+                fac = min(gf.get((h, s), 1.0), gf.get((h, d), 1.0))
+                bw = GPU_GBPS * fac * math.exp(rng.standard_normal() * 0.003)
+                rows.append((h, s, d, bw))
+    arr = pd.DataFrame(rows, columns=["host", "src_gpu", "dst_gpu", "gbps"])
+    arr["row_kind"] = "gpu_pair"
+    arr["op"] = "device_to_device_memcpy_read_ce"
+    arr["kind"] = "device_to_device_memcpy_read_ce"
+    arr["status"] = "ok"
+    arr["run_id"] = "sim"
+    arr["size_bytes"] = 1 << 29
+    arr["algbw_gbps"] = arr["gbps"]
+    return arr
+
+
+def write(spec: SimSpec, out: str | Path) -> tuple[Path, dict]:
+    from fabricbench.results import atomic_write_json, write_results
+    from fabricbench.results.schema import to_frame
+
+    frame, truth = simulate(spec)
+    if len(frame) <= 1_000_000:
+        frame = to_frame(frame)
+    else:
+        for col in ("row_kind", "op", "status", "run_id", "node_a", "node_b", "direction"):
+            if col in frame and not isinstance(frame[col].dtype, pd.CategoricalDtype):
+                frame[col] = frame[col].astype("category")
+    out = Path(out)
+    info = {"run_id": "sim", "status": "ok", "command_line": ["fabricbench", "simulate"], "backend": "simulated",
+            "hosts": spec.hosts(), "simulation": truth}
+    write_results(out, frame, info)
+    atomic_write_json(out / "simulation.json", truth)
+    return out, truth
