@@ -91,16 +91,9 @@ def test_gpu_verdict_names_pci_address(fixtures_dir):
 def test_collectives_against_topology_expectation(fixtures_dir):
     from fabricbench.analyze.topo_adapter import load_fabric
 
-    topo = Path(__file__).resolve().parents[1] / "topologies" / "dgx-b200.yaml"
-    if not topo.exists():
-        import pytest
-
-        pytest.skip("the dgx-b200 topology is not in this checkout")
+    topo = Path(__file__).resolve().parents[1] / "topologies" / "dgx-b200.yaml"  # shipped: must exist
     fab = load_fabric(str(topo))
-    if fab.topo is None:
-        import pytest
-
-        pytest.skip("fabricbench.topology cannot read the shipped topology")
+    assert fab.topo is not None, "fabricbench.topology must read the shipped dgx-b200 topology"
     res = analyze(load_all([str(fixtures_dir / "nccl-tests" / "ten-collectives-b200-2node-16gpu-ib-hypercube-failed-orcd.txt")]), fab)
     rows = {e["class"]: e for e in res.expected}
     assert rows["all_gather x16 (2 hosts)"]["expected_gbps"] > 0 and not rows["all_gather x16 (2 hosts)"]["failed"]

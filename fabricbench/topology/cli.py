@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import typer
 
@@ -252,32 +251,13 @@ def discover_cmd(
 def standalone_main(argv: list[str] | None = None) -> None:
     """`python -m fabricbench.topology topo ...`: the same commands and error handling as `fabricbench topo ...`,
     without importing the other areas (useful while one of them is broken, and for tests of this area)."""
-    try:
-        from typer._click.exceptions import ClickException, UsageError as ClickUsageError
-    except ImportError:  # pragma: no cover - older typer
-        from click.exceptions import ClickException, UsageError as ClickUsageError
+    from fabricbench.console import new_app, run_app
 
-    from fabricbench.errors import EXIT_USAGE, FabricbenchError
-
-    root = typer.Typer(name="fabricbench", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    root = new_app("fabricbench (topology area only).")
 
     @root.callback()
     def _root() -> None:
         """fabricbench (topology area only)."""
 
     register(root)
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        code = root(args=args, prog_name="fabricbench", standalone_mode=False)
-    except FabricbenchError as err:
-        typer.echo(f"fabricbench: error: {' '.join(str(err).split())}", err=True)
-        sys.exit(err.exit_code)
-    except ClickException as err:
-        typer.echo(f"fabricbench: error: {' '.join(err.format_message().split())}", err=True)
-        sys.exit(EXIT_USAGE if isinstance(err, ClickUsageError) else err.exit_code)
-    except typer.Exit as err:
-        sys.exit(err.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        typer.echo("fabricbench: interrupted", err=True)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+    run_app(root, argv)
