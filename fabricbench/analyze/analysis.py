@@ -283,6 +283,7 @@ def _pairs_stage(ds: Dataset, fabric: Fabric | None, th: Thresholds, res: Analys
         node_v = [v for v in node_v if v.component not in drop] + merged
     res.verdicts.extend(node_v)
     # uplinks (tomography)
+    bad_up: list[int] = []  # leaves whose uplink bundle got a verdict
     if leaf is not None and fit.up is not None:
         ok_src = fit.send > -th.explain
         ok_dst = fit.recv > -th.explain
@@ -313,6 +314,7 @@ def _pairs_stage(ds: Dataset, fabric: Fabric | None, th: Thresholds, res: Analys
                 summary += "; with only two leaves an uplink cannot be told from the other leaf's (not identifiable)"
             if len(spines) > 1:
                 summary += f"; traffic spreads over {len(spines)} spines (ECMP/adaptive routing), so which spine port is uncertain"
+            bad_up.append(k)
             res.verdicts.append(Verdict(
                 component=f"{lname} uplink" + (f" ({lname}-{spines[0]})" if len(spines) == 1 else "s"), kind="uplink",
                 severity=severity(1 - math.exp(-d)), confidence=conf, deficit_pct=pct(-d), summary=summary,
@@ -324,8 +326,22 @@ def _pairs_stage(ds: Dataset, fabric: Fabric | None, th: Thresholds, res: Analys
     # directed pairs (paths)
     pair_thr = max(rel, th.pair_sigmas * spread)
     R = fit.residual
+    # A degraded uplink bundle is shared: concurrent flows through it split what is left, so the paths through
+    # it read low by different amounts depending on what else ran in their round (measured on the lab). A path
+    # through it is judged against the spread of the residuals of the paths through that bundle, not the
+    # healthy fleet's: only a path far below its bundle's own paths is a fault of its own.
+    pair_spread = np.full(R.shape, spread)
+    if bad_up:
+        cross = leaf[:, None] != leaf[None, :]
+        for k in bad_up:
+            through = cross & ((leaf[:, None] == k) | (leaf[None, :] == k)) & np.isfinite(R)
+            r = R[through]
+            if r.size >= 3:
+                s_k = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+                pair_spread[through] = np.maximum(pair_spread[through], s_k)
+    pair_thr_m = np.maximum(rel, th.pair_sigmas * pair_spread)
     with np.errstate(invalid="ignore"):
-        flag = (R < -pair_thr) & (pd_.Y < -pair_thr)
+        flag = (R < -pair_thr_m) & (pd_.Y < -pair_thr_m)
     ii, jj = np.nonzero(flag)
     limit = 500
     if len(ii) > limit:
@@ -352,7 +368,9 @@ def _pairs_stage(ds: Dataset, fabric: Fabric | None, th: Thresholds, res: Analys
             summary = f"{a}->{b} failed to measure ({pd_.failed[(i, j)][:120]}) while both ends work with others"
         res.verdicts.append(Verdict(
             component=comp, kind="link", severity="critical" if failed else severity(1 - math.exp(-d)),
-            confidence=confidence(d, pair_thr, spread, sup, cap=0.97 if rounds >= 2 or failed else 0.45),
+            confidence=confidence(d, float(max(pair_thr_m[i, j], pair_thr_m[j, i] if both else 0)),
+                                  float(max(pair_spread[i, j], pair_spread[j, i] if both else 0)), sup,
+                                  cap=0.97 if rounds >= 2 or failed else 0.45),
             deficit_pct=pct(-d), summary=summary + ("" if rounds >= 2 or failed else
                                                     "; measured in one round only: a transient looks the same, "
                                                     "retest to confirm"),
