@@ -25,14 +25,14 @@ DATA = Path(__file__).parent / "data"
 # file -> (ops, number of rows (out-of-place + in-place), hosts or None when elided)
 NCCL = {
     "allgather-gb10-2node-v2.18.5-gb10-training.txt": ({"all_gather"}, 2, {"promaxgb10-4c75", "promaxgb10-4c99"}),
-    "allreduce-a100-40gb-x8-single-node-dgx-galvatron-fixture.txt": ({"unknown"}, 22, {"job-83e1033f-9636-44b3-bf8b-2b627707b95f-worker-0"}),
-    "allreduce-gb200-20rack-1440gpu-tail-coreweave.txt": ({"unknown"}, 12, None),
-    "allreduce-gb200-2rack-144gpu-tail-coreweave.txt": ({"unknown"}, 12, None),
+    "allreduce-a100-40gb-x8-single-node-dgx-galvatron-fixture.txt": ({"all_reduce"}, 22, {"job-83e1033f-9636-44b3-bf8b-2b627707b95f-worker-0"}),
+    "allreduce-gb200-20rack-1440gpu-tail-coreweave.txt": ({"all_reduce"}, 12, None),
+    "allreduce-gb200-2rack-144gpu-tail-coreweave.txt": ({"all_reduce"}, 12, None),
     "allreduce-gh200-2node-1gpu-v2.18.2-sarus-cscs.txt": ({"all_reduce"}, 16, {"nid007106", "nid007109"}),
     "allreduce-gh200-2node-8gpu-slingshot-indented-cscs.txt": ({"all_reduce"}, 50, {"nid005471", "nid005487"}),
-    "allreduce-h100-64gpu-sharp-mpijob-elided-coreweave.txt": ({"unknown"}, 10, None),
+    "allreduce-h100-64gpu-sharp-mpijob-elided-coreweave.txt": ({"all_reduce"}, 10, None),
     "alltoall-b300x8-single-node-new-format-oci.txt": ({"alltoall"}, 2, None),
-    "alltoall-gb200-2host-hand-condensed-oci.txt": ({"unknown"}, 4, None),
+    "alltoall-gb200-2host-hand-condensed-oci.txt": ({"alltoall"}, 4, None),
     "alltoall-gb300-nvl72-2host-new-format-oci.txt": ({"alltoall"}, 4, None),
     "ten-collectives-b200-2node-16gpu-ib-hypercube-failed-orcd.txt": (
         {"sendrecv", "all_reduce", "all_gather", "reduce_scatter", "reduce", "broadcast", "alltoall", "gather",

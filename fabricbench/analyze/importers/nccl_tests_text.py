@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import re
 
+from pathlib import Path
+
+from fabricbench.analyze.importers.nccl_ops import Row, canonical, infer_op, name_in
 from fabricbench.analyze.model import GROUP_COLUMNS, Dataset, frame
 from fabricbench.errors import UsageError
 
 PREFIX = re.compile(r"^\s*(?:\[[^\]]*\](?:<std(?:out|err)>)?:?\s*|\d+:\s+)?")
-RANK = re.compile(r"#\s*Rank\s+(\d+)\s+Group\s+(\d+)\s+Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)\s+\[([^\]]*)\]\s*(.*)")
+# "#  Rank  0 Group  0 Pid 1234 on host device  0 [0x07] NVIDIA A100" (older versions: no Group)
+RANK = re.compile(r"#\s*Rank\s+(\d+)\s+(?:Group\s+(\d+)\s+)?Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)\s+\[([^\]]*)\]\s*(.*)")
+HEADER = re.compile(r"#\s*nThread\s+(\d+)\s+nGpus\s+(\d+)")
 START = re.compile(r"#\s*Collective test starting:\s*(\S+)")
 MARKER = re.compile(r"^%{3,}\s*(\S+?)\s*%{3,}")
 CMD = re.compile(r"(\w+)_perf\b")
 AVG = re.compile(r"#\s*Avg bus bandwidth\s*:\s*([-+0-9.eE]+|nan|inf)", re.I)
 OOB = re.compile(r"#\s*Out of bounds values\s*:\s*(\d+)\s*(OK|FAILED)", re.I)
 NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+)"
-WRONG = rf"(?:{NUM}|N/A)"
-ROW = re.compile(rf"^(\d+)\s+(\d+)\s+([A-Za-z][\w]*)\s+(?:([A-Za-z]+)\s+)?(-?\d+)\s+({NUM})\s+({NUM})\s+({NUM})\s+({WRONG})"
-                 rf"(?:\s+({NUM})\s+({NUM})\s+({NUM})\s+({WRONG}))?\s*$")
+VAL = rf"(?:{NUM}|N/A|nan|-?inf)"  # any column may read N/A (e.g. #wrong of in-place sendrecv, -c 0 runs)
+ROW = re.compile(rf"^(\d+)\s+(\d+)\s+([A-Za-z][\w]*)\s+(?:([A-Za-z]+)\s+)?(-?\d+)\s+({VAL})\s+({VAL})\s+({VAL})\s+({VAL})"
+                 rf"(?:\s+({VAL})\s+({VAL})\s+({VAL})\s+({VAL}))?\s*$")
 
 
 def _op_name(name: str) -> str:
@@ -33,8 +38,10 @@ def _op_name(name: str) -> str:
 
 
 class _Run:
-    def __init__(self, op: str | None):
+    def __init__(self, op: str | None, named_by: str = ""):
         self.op = op
+        self.named_by = named_by
+        self.per_process: int | None = None
         self.ranks: dict[int, str] = {}
         self.rows: list[dict] = []
         self.avg: float | None = None
@@ -47,34 +54,38 @@ def parse_text(text: str, source: str) -> Dataset:
     runs: list[_Run] = []
     current: _Run | None = None
     pending_op: str | None = None
+    pending_by = ""
     for raw in text.splitlines():
         line = PREFIX.sub("", raw.replace("\x00", "")).strip()
         if not line:
             continue
         m = MARKER.match(line)
         if m:
-            pending_op = _op_name(m.group(1))
+            pending_op, pending_by = _op_name(m.group(1)), "a script marker"
             current = None
             continue
         m = START.search(line)
         if m:
-            pending_op = _op_name(m.group(1))
-            current = None
+            if not (current is not None and not current.rows and current.op == _op_name(m.group(1))):
+                current = None
+            pending_op, pending_by = _op_name(m.group(1)), "the 'Collective test starting' line"
             continue
-        if line.startswith("$ ") or line.startswith("srun ") or line.startswith("mpirun "):
+        if line.startswith(("$ ", "srun ", "mpirun ", "mpiexec ")) or re.match(r"^\S*/\w+_perf\b", line):
             m = CMD.search(line)
             if m:
-                pending_op = m.group(1)
+                pending_op, pending_by = m.group(1), "the command line"
                 current = None
             continue
-        if line.startswith("# nThread") or line.startswith("#  nThread"):
-            current = _Run(pending_op)
+        m = HEADER.search(line)
+        if m:
+            current = _Run(pending_op, pending_by)
+            current.per_process = int(m.group(1)) * int(m.group(2))
             runs.append(current)
             continue
         m = RANK.search(line)
         if m:
             if current is None or current.rows:
-                current = _Run(pending_op)
+                current = _Run(pending_op, pending_by)
                 runs.append(current)
             current.ranks[int(m.group(1))] = m.group(4)
             gpus = ds.identifiers.setdefault(m.group(4), {}).setdefault("gpus", {})
@@ -100,36 +111,50 @@ def parse_text(text: str, source: str) -> Dataset:
         m = ROW.match(line)
         if m:
             if current is None or (current.avg is not None):
-                current = _Run(pending_op)
+                current = _Run(pending_op, pending_by)
                 runs.append(current)
             g = m.groups()
-            base = {"size": int(g[0]), "count": int(g[1]), "type": g[2], "redop": g[3]}
+            base = {"size": int(g[0]), "count": int(g[1]), "type": g[2], "redop": g[3], "root": int(g[4])}
             for placement, (t, alg, bus, wrong) in (("out-of-place", g[5:9]), ("in-place", g[9:13])):
-                if t is None:
+                if t is None or bus == "N/A":
                     continue
                 try:
                     busbw = float(bus)
+                    algbw = float(alg) if alg != "N/A" else float("nan")
                     nwrong = None if wrong == "N/A" else float(wrong)
                 except ValueError:
                     continue
-                current.rows.append(dict(base, placement=placement, busbw=busbw, nwrong=nwrong))
+                current.rows.append(dict(base, placement=placement, busbw=busbw, algbw=algbw, nwrong=nwrong))
     rows = []
-    for run in runs:
-        if not run.rows:
-            continue
+    tables = [r for r in runs if r.rows]
+    file_hint = name_in(Path(source).name) if len(tables) == 1 else None
+    for run in tables:
         hosts = sorted(set(run.ranks.values()))
         if run.ranks and set(run.ranks) != set(range(max(run.ranks) + 1)):
             run.elided = True
-        op = run.op or "unknown"
-        if run.op is None:
-            ds.caveats.append(f"{source}: an nccl-tests run without its collective's name (no header line); "
-                              "recorded as op 'unknown'")
+        # a tail that kept only the last Rank line still tells the rank count; a '...' elision may not
+        known_n = max(run.ranks) + 1 if run.ranks else None
+        named, named_by = (canonical(run.op), run.named_by) if canonical(run.op) else (file_hint, "file name")
+        out_of_place = [r for r in run.rows if r["placement"] == "out-of-place"] or run.rows
+        table = [Row(r["size"], r["count"], r["type"], r["redop"], r["root"], r["algbw"], r["busbw"])
+                 for r in out_of_place]
+        inf = infer_op(table, known_n, named, named_by or "file name", run.per_process)
+        if run.elided and (not inf.ops or inf.conflicts):
+            known_n = None
+            inf = infer_op(table, None, named, named_by or "file name", run.per_process)
+        op = inf.op if inf.ops else (run.op or "unknown")
+        ds.caveats.append(f"{source}: collective {op}: {inf.how}")
+        for conflict in inf.conflicts:
+            ds.caveats.append(f"{source}: {op}: {conflict}; check the binary and the rank count")
+        if not inf.ops:
+            ds.caveats.append(f"{source}: an nccl-tests table whose collective is neither named nor inferable from "
+                              "its columns; recorded as op 'unknown' and not compared with a topology")
         if run.elided or not hosts:
             if run.elided:
                 hosts = []
             ds.caveats.append(f"{source}: {op}: the device list is {'elided' if run.elided else 'missing'}; "
                               "its rows count for the cluster but cannot implicate a host")
-        nranks = max(run.ranks) + 1 if run.ranks else -1
+        nranks = known_n or inf.nranks or (max(run.ranks) + 1 if run.ranks else -1)
         wrong_total = sum(r["nwrong"] or 0 for r in run.rows)
         for r in run.rows:
             status = "wrong-data" if (r["nwrong"] or 0) > 0 else "ok"
