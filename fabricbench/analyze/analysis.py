@@ -79,6 +79,19 @@ class Analysis:
     inconclusive: list[str] = field(default_factory=list)
     thresholds: Thresholds = field(default_factory=Thresholds)
     topology: str | None = None
+    compared: list[dict] = field(default_factory=list)  # {what, basis, detail}: what each class was judged against
+    retests: list[str] = field(default_factory=list)  # evidence too weak to blame: rerun these
+    evidence: list = field(default_factory=list)  # every Evidence record the sources produced
+
+    def drain_candidates(self, min_conf: float = 0.9) -> list[Verdict]:
+        """Verdicts that may drain (or fail) a host: host-side kinds, confident, about a host with measurements of
+        its own. Never uplink, spine, switch or link verdicts, never a host that produced no measurement."""
+        return [v for v in self.verdicts if v.drainable_host and v.confidence >= min_conf]
+
+    @property
+    def judged(self) -> bool:
+        """Something was compared with a reference (fleet, baseline, topology, data)."""
+        return any(c["basis"] != "nothing" for c in self.compared)
 
     def faults(self, min_conf: float | None = None) -> list[Verdict]:
         m = self.thresholds.min_confidence if min_conf is None else min_conf

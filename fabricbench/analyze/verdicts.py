@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-KINDS = ("node", "gpu", "nvlink", "nic", "link", "uplink", "switch")
+KINDS = ("node", "gpu", "nvlink", "nic", "link", "uplink", "switch", "spine")
+HOST_KINDS = ("node", "nic", "gpu", "nvlink")  # one host's own hardware: the only kinds that fail or drain a host
 
 
 @dataclass
@@ -29,9 +30,22 @@ class Verdict:
     identifiers: dict = field(default_factory=dict)
     hosts: list[str] = field(default_factory=list)
     basis: str = "fleet"  # fleet | baseline | topology | group | data
+    direction: str = ""  # rx | tx | both (host side), up | down (uplinks)
+    pattern: str = "steady"  # steady | intermittent
+    sources: list[str] = field(default_factory=list)  # evidence sources behind it
+    own_host: str | None = None  # the host whose own hardware is blamed, when it has measurements of its own
+
+    @property
+    def drainable_host(self) -> str | None:
+        """The one host this verdict may fail or drain: host-side kinds only, and only a host with measurements of
+        its own (a host that never reported, a launcher, or the hosts around an uplink/spine/pair are not)."""
+        if self.kind not in HOST_KINDS:
+            return None
+        return self.own_host
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        d["drainable_host"] = self.drainable_host
         d["confidence"] = round(self.confidence, 3)
         d["deficit_pct"] = round(self.deficit_pct, 2)
         return d
