@@ -46,7 +46,7 @@ def fixture(name: str) -> str:
 
 def ops_in_order(ds) -> list[str]:
     """One op per table, in file order (from the importer's record of how each was decided)."""
-    return [c.split(": collective ", 1)[1].split(":")[0] for c in ds.caveats if ": collective " in c]
+    return [rec["op"] for rec in ds.extra["op_inference"]]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -54,7 +54,7 @@ def test_every_published_file_gets_its_op(name):
     ds = parse_text(fixture(name), str(FIXTURES / name))
     assert ops_in_order(ds) == EXPECTED[name]
     assert "unknown" not in set(ds.groups["op"])
-    assert any("collective" in c and ("named by" in c or "inferred" in c) for c in ds.caveats)
+    assert all(("named by" in r["how"] or "inferred" in r["how"]) for r in ds.extra["op_inference"])
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -606,9 +606,13 @@ def analyze(ds: Dataset, fabric: Fabric | None = None, baseline: dict | None = N
             res.inconclusive.append("only collective results with nothing to compare them to")
     if fabric is not None:
         _expectation_stage(fabric, th, res)
-        _collective_expectations(ds, fabric, th, res)
     if baseline:
         _baseline_stage(baseline, th, res)
+    # --- analyzer-sources: collectives vs topology, NCCL logs, link state (fabricbench/analyze/sources/) ---
+    from fabricbench.analyze.source_hook import run_own_sources
+
+    run_own_sources(ds, fabric, baseline, th, res)
+    # --- end analyzer-sources ---
     # hosts a run named but that never produced a measurement
     seen = ds.hosts()
     missing = sorted(ds.expected_hosts - seen)

@@ -30,7 +30,9 @@ def _parse_size(text: str) -> int:
 def analyze_cmd(
     results: List[str] = typer.Argument(..., help="Results directories, results.parquet, or tool outputs "
                                               "(nccl-tests text/JSON, nvbandwidth text/JSON, ib_write_bw)."),
-    topology: Optional[str] = typer.Option(None, "--topology", help="Topology file or name (leaves, spines, expectation)."),
+    topology: Optional[str] = typer.Option(None, "--topology", help="Topology file or name (leaves, spines, expectation); "
+                                           "default: the shipped one matching the inputs' GPUs, for collectives; "
+                                           "'none' opts out."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="A previous `analyze --format json` file or results."),
     fmt: str = typer.Option("text", "--format", help="text | md | html | json | junit"),
     out: Optional[str] = typer.Option(None, "--out", help="Write the report to FILE (the text summary still prints)."),
@@ -55,9 +57,11 @@ def analyze_cmd(
         raise UsageError("--apply only makes sense with --drain")
     crit = crit_mod.load_criteria(criteria) if criteria else crit_mod.default()
     th = Thresholds.from_dict(crit.thresholds) if crit.thresholds else Thresholds()
-    fabric = load_fabric(topology) if topology else None
+    opt_out = (topology or "").lower() == "none"
+    fabric = load_fabric(topology) if topology and not opt_out else None
     base = load_baseline(baseline) if baseline else None
     ds = load_all(results, host=host)
+    ds.extra["topology_opt_out"] = opt_out
     res = analyze(ds, fabric, base, th)
     evaluation = crit_mod.evaluate(crit, res)
     from fabricbench.analyze import report_html, report_json, report_junit, report_md, report_text

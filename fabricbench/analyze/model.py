@@ -61,6 +61,9 @@ class Dataset:
     expected_hosts: set[str] = field(default_factory=set)
     sources: list[str] = field(default_factory=list)
     identifiers: dict[str, dict] = field(default_factory=dict)  # host -> {"gpus": {idx: {...}}, "nics": {...}}
+    # inputs that are not measurements, for the evidence sources: "link_state" (fabricbench.linkstate.Port list),
+    # "nccl_logs" (fabricbench.engine.nccl_log summaries), "topology_opt_out" (--topology none)
+    extra: dict = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (len(self.pairs) or len(self.gpus) or len(self.nics) or len(self.groups))
@@ -104,6 +107,11 @@ def merge(datasets: list[Dataset]) -> Dataset:
         out.sources.extend(d.sources)
         for host, ident in d.identifiers.items():
             out.identifiers.setdefault(host, {}).update(ident)
+        for key, value in d.extra.items():
+            if isinstance(value, list):
+                out.extra.setdefault(key, []).extend(value)
+            else:
+                out.extra[key] = value
     return out
 
 

@@ -27,6 +27,8 @@ def document(res, criteria: dict | None = None) -> dict:
         "caveats": res.caveats, "notes": res.notes, "intermittent": res.intermittent, "fleet": res.fleet,
         "expected": res.expected, "groups": res.groups, "node_levels": res.node_levels, "counts": res.counts,
         "hosts": res.hosts, "criteria": criteria,
+        "compared": getattr(res, "compared", []), "retests": getattr(res, "retests", []),
+        "inputs": getattr(res, "inputs", {}),
     })
 
 

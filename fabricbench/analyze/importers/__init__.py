@@ -8,6 +8,7 @@ Every failure is a `UsageError` naming the file (exit 2), never a traceback.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from fabricbench.analyze.model import Dataset
@@ -43,7 +44,8 @@ def sniff(path: Path) -> str:
         return "fabricbench"
     text = head.decode("utf-8", errors="replace")
     stripped = text.lstrip()
-    if stripped.startswith("{") or stripped.startswith("["):
+    launcher_tag = re.match(r"\[[\d,]+\](?:<std|\s|#|:)", stripped)  # "[0] ", "[1,0]<stdout>:": text, not JSON
+    if stripped.startswith("{") or (stripped.startswith("[") and not launcher_tag):
         if "nvbandwidth" in text or "testcases" in text or "bandwidth_matrix" in text:
             return "nvbandwidth-json"
         return "nccl-tests-json"

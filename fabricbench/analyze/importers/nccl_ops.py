@@ -189,6 +189,11 @@ def infer_op(rows: list[Row], nranks: int | None, name: str | None = None, name_
     ops = sorted({op for op, _ in fitting}, key=list(SIGNATURES).index)
     ns = sorted({n for _, n in fitting})
     n = nranks or (ns[0] if len(ns) == 1 else None)
+    if n is None and len(ops) == 1:
+        # rows disagree by rounding: trust the row with the largest algbw (its ratio is the most precise)
+        sharp = max(usable, key=lambda r: r.algbw if r.algbw == r.algbw else -1)
+        fit = [c for c in _n_candidates(ops[0], sharp, per_process) if _fits(ops[0], sharp, c)]
+        n = fit[0] if len(fit) == 1 else None
     how = (f"inferred from the numbers ({signs}" + (f", {nranks} ranks" if nranks else
                                                      f", {n} ranks inferred" if n else "") + ")")
     if named:

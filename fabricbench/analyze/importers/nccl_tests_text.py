@@ -20,6 +20,7 @@ from fabricbench.errors import UsageError
 PREFIX = re.compile(r"^\s*(?:\[[^\]]*\](?:<std(?:out|err)>)?:?\s*|\d+:\s+)?")
 # "#  Rank  0 Group  0 Pid 1234 on host device  0 [0x07] NVIDIA A100" (older versions: no Group)
 RANK = re.compile(r"#\s*Rank\s+(\d+)\s+(?:Group\s+(\d+)\s+)?Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)\s+\[([^\]]*)\]\s*(.*)")
+TAG = re.compile(r"^\s*(\[\d+\])(?=\s|#)")
 HEADER = re.compile(r"#\s*nThread\s+(\d+)\s+nGpus\s+(\d+)")
 START = re.compile(r"#\s*Collective test starting:\s*(\S+)")
 MARKER = re.compile(r"^%{3,}\s*(\S+?)\s*%{3,}")
@@ -56,7 +57,11 @@ def parse_text(text: str, source: str) -> Dataset:
     pending_op: str | None = None
     pending_by = ""
     for raw in text.splitlines():
-        line = PREFIX.sub("", raw.replace("\x00", "")).strip()
+        raw = raw.replace("\x00", "")
+        tag = TAG.match(raw)
+        if tag:  # "[0]" output tags repeated inside the line (interleaved streams, nccl#1453)
+            raw = raw.replace(tag.group(1), " ")
+        line = PREFIX.sub("", raw).strip()
         if not line:
             continue
         m = MARKER.match(line)
@@ -143,7 +148,10 @@ def parse_text(text: str, source: str) -> Dataset:
             known_n = None
             inf = infer_op(table, None, named, named_by or "file name", run.per_process)
         op = inf.op if inf.ops else (run.op or "unknown")
-        ds.caveats.append(f"{source}: collective {op}: {inf.how}")
+        ds.extra.setdefault("op_inference", []).append({"source": source, "op": op, "how": inf.how,
+                                                         "nranks": known_n or inf.nranks})
+        if not inf.how.startswith("named by") or inf.conflicts:  # a guess is said where people read
+            ds.caveats.append(f"{source}: collective {op}: {inf.how}")
         for conflict in inf.conflicts:
             ds.caveats.append(f"{source}: {op}: {conflict}; check the binary and the rank count")
         if not inf.ops:
