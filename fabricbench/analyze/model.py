@@ -66,7 +66,8 @@ class Dataset:
     extra: dict = field(default_factory=dict)
 
     def empty(self) -> bool:
-        return not (len(self.pairs) or len(self.gpus) or len(self.nics) or len(self.groups))
+        return not (len(self.pairs) or len(self.gpus) or len(self.nics) or len(self.groups)
+                    or self.extra.get("link_state") or self.extra.get("nccl_logs"))
 
     def counts(self) -> dict[str, int]:
         return {"pairs": len(self.pairs), "gpus": len(self.gpus), "nics": len(self.nics), "groups": len(self.groups)}

@@ -46,7 +46,8 @@ _ORIGIN = re.compile(r"(?P<host>[A-Za-z0-9_.\-]+):(?P<pid>\d+):(?P<tid>\d+) \[(?
 _LEVEL = re.compile(r"\bNCCL (?P<level>INFO|WARN|TRACE|ABORT)\b:?")
 _VERSION = re.compile(r"\bNCCL version (?P<v>\d+\.\d+\.\d+[^\s,;]*)")
 _LIBCODE = re.compile(r"\bnccl-library=(?P<code>\d{4,6})\b")
-_USING_NET = re.compile(r"\bUsing network (?P<net>.+)$")
+# "Using network IBext_v11" (2.12+), "Using internal Network Socket" / "NET : Using internal Network IB" (2.3-2.11)
+_USING_NET = re.compile(r"\bUsing (?:internal )?[Nn]etwork (?P<net>.+)$")
 _ASSIGNED_NET = re.compile(r"\bAssigned NET plugin (?P<net>.+?) to comm")
 _PLUGIN_LOADED = re.compile(r"NET/Plugin\s*:?\s*Loaded (?P<kind>net|coll|collnet) plugin (?P<name>.+)$", re.I)
 _PLUGIN_PATH = re.compile(r"Successfully loaded external (?:network )?plugin (?P<path>\S+)")
@@ -253,7 +254,7 @@ class _Acc:
                     val = val[:-1]
                 self.env[m.group("key")] = val
                 return
-        if "Using network" in msg:
+        if "Using network" in msg or "Using internal Network" in msg:
             m = _USING_NET.search(msg)
             if m:
                 self.network = m.group("net").strip()

@@ -29,10 +29,16 @@ def _read_text(path: Path) -> str:
 
 
 def sniff(path: Path) -> str:
-    """The format of `path`: fabricbench | nccl-tests-json | nvbandwidth-json | nccl-tests | nvbandwidth | ib_write_bw."""
+    """The format of `path`: fabricbench | nccl-tests-json | nvbandwidth-json | nccl-tests | nvbandwidth | ib_write_bw |
+    link-state (saved ibstat/ibstatus/ibv_devinfo, or a copied sysfs tree). NCCL_DEBUG=INFO logs go with
+    nccl-tests (alone or interleaved with its rows)."""
     if path.is_dir():
         if (path / "results.parquet").exists():
             return "fabricbench"
+        from fabricbench.linkstate import looks_like_link_state
+
+        if looks_like_link_state(path):
+            return "link-state"
         raise UsageError(f"{path}: a directory without results.parquet (not a fabricbench results directory)")
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
@@ -52,6 +58,12 @@ def sniff(path: Path) -> str:
     full = _read_text(path)
     if "RDMA_Write BW Test" in full or "BW average[" in full or ("#bytes" in full and "#iterations" in full):
         return "ib_write_bw"
+    from fabricbench.analyze.importers.nccl_debug import has_nccl_log
+    from fabricbench.linkstate import detect_format
+
+    # a job log may start with a few ibv_devinfo lines before NCCL's own output: that is a log, not link state
+    if detect_format(full[:65536]) is not None and not has_nccl_log(full) and "# nThread" not in full:
+        return "link-state"
     if "nvbandwidth" in full or ("Running " in full and "GPU(row)" in full) or full.lstrip().startswith("SUM "):
         return "nvbandwidth"
     return "nccl-tests"
@@ -64,6 +76,10 @@ def load(spec: str | Path, host: str | None = None) -> Dataset:
         from fabricbench.analyze.importers.fabricbench_results import load_results
 
         return load_results(path)
+    if kind == "link-state":
+        from fabricbench.analyze.importers.link_state import load_link_state
+
+        return load_link_state(path, host=host)
     if kind in ("nccl-tests-json", "nvbandwidth-json"):
         text = _read_text(path)
         try:
@@ -86,9 +102,17 @@ def load(spec: str | Path, host: str | None = None) -> Dataset:
         from fabricbench.analyze.importers.nvbandwidth import parse_text
 
         return parse_text(text, str(path), host=host)
+    from fabricbench.analyze.importers import nccl_debug
     from fabricbench.analyze.importers.nccl_tests_text import parse_text
 
-    return parse_text(text, str(path))
+    logged = nccl_debug.has_nccl_log(text)
+    try:
+        ds = parse_text(text, str(path))
+    except UsageError:
+        if not logged:
+            raise
+        return nccl_debug.parse_log_only(text, str(path))  # an NCCL_DEBUG=INFO log without nccl-tests rows
+    return nccl_debug.attach(ds, text, str(path)) if logged else ds
 
 
 def load_all(specs: list[str], host: str | None = None) -> Dataset:
