@@ -116,3 +116,14 @@ def test_bad_inputs_are_one_line_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="cannot read"):
         read_ports(tmp_path / "missing.txt")
     assert not looks_like_link_state(tmp_path / "x.txt")
+
+
+def test_topo_discover_takes_nic_speeds_and_link_layers_from_link_state():
+    from fabricbench.topology.discover import discover
+
+    topo, report = discover(link_state=DATA / "ibstat-mixed-eth-ib-lexical.txt", local=False, name="t")
+    nics = {n.name: n for n in topo.node_type.nics}
+    assert set(nics) == {"mlx5_0", "mlx5_1", "mlx5_2"}  # mlx5_10 is Down/Disabled: said, not a NIC
+    assert nics["mlx5_0"].rate == 25.0 and nics["mlx5_0"].link_layer == "roce"  # 200 Gb/s Ethernet (RoCE)
+    assert nics["mlx5_2"].rate == 12.5 and nics["mlx5_2"].link_layer == "ib"
+    assert any("mlx5_10:1 is DOWN (Disabled)" in line for line in report)

@@ -223,6 +223,8 @@ def discover_cmd(
     nccl_xml: Optional[Path] = typer.Option(None, "--nccl-xml", help="NCCL topology XML (NCCL_TOPO_DUMP_FILE)."),
     slurm_topology: Optional[Path] = typer.Option(None, "--slurm-topology", help="Slurm topology.conf."),
     ibnetdiscover: Optional[Path] = typer.Option(None, "--ibnetdiscover", help="Saved `ibnetdiscover` output."),
+    link_state: Optional[Path] = typer.Option(None, "--link-state", help="Saved `ibstat`/`ibstatus`/`ibv_devinfo -v` "
+                                              "output or a copied sysfs tree: NIC speeds and link layers."),
     sysfs_root: Optional[Path] = typer.Option(None, "--sysfs-root", help="Read /sys from here instead of / (tests, "
                                               "copies taken on another machine)."),
     local: bool = typer.Option(True, "--local/--no-local", help="Also run nvidia-smi / NVML / read /sys here."),
@@ -235,7 +237,7 @@ def discover_cmd(
 
     topo, report = discover(nvidia_smi_topo=nvidia_smi_topo, nccl_xml=nccl_xml, slurm_topology=slurm_topology,
                             ibnetdiscover=ibnetdiscover, sysfs_root=sysfs_root, local=local, name=name,
-                            link_rate=link_rate)
+                            link_rate=link_rate, link_state=link_state)
     text = dump_topology(topo)
     for line in report:
         typer.echo(f"discover: {line}", err=True)

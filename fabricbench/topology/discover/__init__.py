@@ -15,6 +15,7 @@ import hostlist
 
 from fabricbench.errors import UsageError
 from fabricbench.topology.discover import ibnetdiscover as ibnet_mod
+from fabricbench.topology.discover import link_state as link_mod
 from fabricbench.topology.discover import nccl_xml as nccl_mod
 from fabricbench.topology.discover import nvidia_smi as smi_mod
 from fabricbench.topology.discover import nvml as nvml_mod
@@ -184,7 +185,8 @@ def _node_type(hosts: list[HostFacts], sys_nics: list[NicFact], fabric: FabricFa
 
 def discover(nvidia_smi_topo: Path | None = None, nccl_xml: Path | None = None, slurm_topology: Path | None = None,
              ibnetdiscover: Path | None = None, sysfs_root: Path | None = None, local: bool = True,
-             name: str = "discovered", link_rate: str | None = None) -> tuple[Topology, list[str]]:
+             name: str = "discovered", link_rate: str | None = None,
+             link_state: Path | None = None) -> tuple[Topology, list[str]]:
     report = Report()
     rate = None
     if link_rate is not None:
@@ -224,6 +226,14 @@ def discover(nvidia_smi_topo: Path | None = None, nccl_xml: Path | None = None, 
         sys_nics, sub = sysfs_mod.read(root)
         _absorb(report, sub)
         sources.append(f"sysfs under {root}")
+    if link_state is not None:  # saved ibstat/ibstatus/ibv_devinfo: NIC speeds and link layers, over sysfs's
+        if not link_state.exists():
+            raise UsageError(f"--link-state {link_state}: no such file or directory")
+        link_nics, sub = link_mod.read(link_state)
+        _absorb(report, sub)
+        sources.append(f"link state {link_state}")
+        known = {x.name for x in link_nics}
+        sys_nics = link_nics + [x for x in sys_nics if x.name not in known]
     fabric: FabricFacts | None = None
     if ibnetdiscover is not None:
         fabric, sub = ibnet_mod.parse(read_source(ibnetdiscover, "--ibnetdiscover"), f"ibnetdiscover {ibnetdiscover.name}")
@@ -240,14 +250,14 @@ def discover(nvidia_smi_topo: Path | None = None, nccl_xml: Path | None = None, 
             report.unread.append("both --ibnetdiscover and --slurm-topology: the switch tree is taken from "
                                  "ibnetdiscover (it has link rates)")
     if not sources:
-        raise UsageError("nothing to read: give --nvidia-smi-topo, --nccl-xml, --slurm-topology, --ibnetdiscover "
-                         "or --sysfs-root (or drop --no-local)")
+        raise UsageError("nothing to read: give --nvidia-smi-topo, --nccl-xml, --slurm-topology, --ibnetdiscover, "
+                         "--link-state or --sysfs-root (or drop --no-local)")
     type_name = "discovered-node"
     nt = _node_type(hosts, sys_nics, fabric, rate, report)
     fab: dict = {"node_type": type_name}
     if fabric is None:
         fab["kind"] = "none"
-        fab["node_names"] = _hostname(local and not (nvidia_smi_topo or nccl_xml or sysfs_root))
+        fab["node_names"] = _hostname(local and not (nvidia_smi_topo or nccl_xml or sysfs_root or link_state))
     elif fabric.switches:
         fab["kind"] = "tree"
         fab["switches"] = [{"name": s["name"], "switches": s["switches"], "nodes": s["nodes"],
