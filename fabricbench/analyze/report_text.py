@@ -1,49 +1,119 @@
-"""Terminal summary (rich): status, verdicts, cluster findings, caveats."""
+"""Terminal report (rich), for the person paged at 3 a.m.: the status, then one line per finding (component, how
+far below what, confidence, what to do), then the details. Tables fit 80 columns and use the terminal's full
+width when there is one; colour only on a terminal (and never with NO_COLOR)."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from fabricbench.analyze.report_common import human_ids, human_size, measured_words, summary_lines
+
 STYLE = {"critical": "bold red", "major": "red", "minor": "yellow"}
+STATUS_STYLE = {"healthy": "bold green", "faults": "bold red", "inconclusive": "bold yellow"}
+MIN_WIDTH = 80
 
 
-def render(res, criteria: dict | None = None, width: int = 120, color: bool = False) -> str:
+def _geometry(width: int | None, color: bool | None) -> tuple[int, bool]:
+    tty = sys.stdout.isatty()
+    if width is None:
+        cols = os.environ.get("COLUMNS", "")
+        width = (int(cols) if cols.isdigit() else
+                 shutil.get_terminal_size((MIN_WIDTH, 24)).columns if tty else MIN_WIDTH)
+    if color is None:
+        color = tty and not os.environ.get("NO_COLOR")
+    return max(width, 40), color
+
+
+def _styled(style: str, text: str) -> str:
+    return f"[{style}]{escape(text)}[/]" if style else escape(text)
+
+
+def render(res, criteria: dict | None = None, width: int | None = None, color: bool | None = None) -> str:
+    width, color = _geometry(width, color)
     buf = io.StringIO()
-    con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False)
-    c = res.counts
-    con.print(f"[bold]fabricbench analyze[/bold]: {res.status.upper()} (exit {res.exit_code}) - "
-              f"{len(res.hosts)} host(s), {c.get('pair_rows', 0)} pair rows, {c.get('gpus', 0)} GPU-pair rows, "
-              f"{c.get('nics', 0)} NIC rows, {c.get('groups', 0)} collective rows"
-              + (f"; topology {res.topology}" if res.topology else ""))
+    con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False,
+                  color_system="standard" if color else None, emoji=False)
+    status = res.status.upper()
+    con.print(f"[bold]fabricbench analyze[/bold]: [{STATUS_STYLE.get(res.status, 'bold')}]{status}[/] "
+              f"(exit {res.exit_code}) - {escape(measured_words(res))}"
+              + (f"; topology {escape(res.topology)}" if res.topology else ""))
+    rows = summary_lines(res)
+    if rows:
+        # one line per finding, never wrapped: the component keeps its width, the action is cut first
+        wide = width >= 100
+        t = Table(show_header=False, box=None, pad_edge=False, expand=True, padding=(0, 1))
+        t.add_column("status", no_wrap=True, min_width=5)
+        cap = 40 if wide else 22
+        t.add_column("what", no_wrap=True, overflow="ellipsis",
+                     min_width=min(max(len(r["what_short"]) for r in rows), cap), max_width=cap)
+        t.add_column("below", no_wrap=True, min_width=8)
+        t.add_column("conf", no_wrap=True, min_width=4)
+        t.add_column("do", no_wrap=True, overflow="ellipsis", ratio=1)
+        for r in rows:
+            below = f"{r['below']} {r['vs']}".strip() if r["below"] not in ("", "fact") else (r["vs"] and f"per {r['vs']}")
+            t.add_row(_styled(r["style"], r["status"]), escape(r["what"] if wide else r["what_short"]), below or "",
+                      r["conf"], "-> " + escape(r["do"]))
+        con.print(t)
+    else:
+        con.print("No faulty component found.")
     if res.verdicts:
-        t = Table(title="Verdicts", show_lines=False, expand=False)
-        for col in ("kind", "component", "severity", "conf", "below", "why", "retest"):
-            t.add_column(col, overflow="fold")
+        t = Table(title="Verdicts", expand=True, show_lines=width >= 100)
+        t.add_column("component", overflow="fold", ratio=2)
+        t.add_column("sev", no_wrap=True)
+        t.add_column("conf", no_wrap=True)
+        t.add_column("below", no_wrap=True, justify="right")
+        t.add_column("why / evidence", overflow="fold", ratio=6)
         for v in res.verdicts[:60]:
-            t.add_row(v.kind, v.component, f"[{STYLE.get(v.severity, '')}]{v.severity}[/]", f"{v.confidence:.2f}",
-                      f"{v.deficit_pct:.0f}%", v.summary, "; ".join(v.retest[:2]))
+            ids = human_ids(v.identifiers)
+            why = escape(v.summary)
+            if width >= 100 and v.evidence:
+                why += "\n[dim]" + escape("; ".join(v.evidence[:3])) + "[/]"
+            if ids and width >= 100:
+                why += f"\n[dim]{escape(ids)}[/]"
+            t.add_row(escape(v.component), _styled(STYLE.get(v.severity, ""), v.severity), f"{v.confidence:.2f}",
+                      f"{v.deficit_pct:.0f}%", why)
         con.print(t)
         if len(res.verdicts) > 60:
             con.print(f"... and {len(res.verdicts) - 60} more verdicts (see --format json)")
-    else:
-        con.print("No faulty component found.")
     for item in res.cluster:
-        con.print(f"[bold]cluster ({item['basis']}):[/bold] {item['summary']}")
+        style = "bold red" if item.get("failed") else "bold"
+        con.print(f"[{style}]cluster ({escape(item['basis'])}):[/] {escape(item['summary'])}")
+    if res.expected:
+        t = Table(title="Measured vs expected", expand=True)
+        for col, kw in (("what", {"ratio": 3, "overflow": "fold"}), ("size", {"no_wrap": True}),
+                        ("measured", {"justify": "right", "no_wrap": True}),
+                        ("expected", {"justify": "right", "no_wrap": True}), ("%", {"justify": "right", "no_wrap": True})):
+            t.add_column(col, **kw)
+        for e in res.expected[:40]:
+            bad = e.get("failed")
+            t.add_row(escape(str(e["class"])), human_size(e["size"]), f"{e['measured_gbps']:.4g} GB/s",
+                      f"{e['expected_gbps']:.4g} GB/s", _styled("bold red" if bad else "", f"{100 * e['ratio']:.0f}%"))
+        con.print(t)
+    nccl = getattr(res, "nccl", None) or []
+    for log in nccl:
+        con.print(f"[bold]NCCL[/bold] ({escape(os.path.basename(log['source']))}): {escape(log.get('note', ''))}")
     for line in res.inconclusive:
-        con.print(f"[yellow]inconclusive:[/yellow] {line}")
+        con.print(f"[yellow]inconclusive:[/yellow] {escape(line)}")
     if res.intermittent:
-        con.print(f"intermittent ({len(res.intermittent)}): " + "; ".join(res.intermittent[:5]))
+        con.print(f"intermittent ({len(res.intermittent)}): " + escape("; ".join(res.intermittent[:5])))
+    retests = getattr(res, "retests", None) or []
+    if retests:
+        con.print(f"retest ({len(retests)}): " + escape("; ".join(retests[:5])))
     for line in res.caveats[:20]:
-        con.print(f"caveat: {line}")
+        con.print(f"[dim]caveat:[/dim] {escape(line)}")
     for line in res.notes[:20]:
-        con.print(f"note: {line}")
+        con.print(f"[dim]note:[/dim] {escape(line)}")
     if criteria:
         cl = criteria["cluster"]
         failed_nodes = sorted(h for h, n in criteria["nodes"].items() if not n["pass"])
-        con.print(f"criteria ({criteria['source']}): cluster {'PASS' if cl['pass'] else 'FAIL'}; "
+        con.print(f"criteria ({escape(criteria['source'])}): cluster {'PASS' if cl['pass'] else 'FAIL'}; "
                   + ", ".join(f"{k} {'pass' if t['pass'] else 'FAIL'}" for k, t in cl["tests"].items())
                   + (f"; failing nodes: {', '.join(failed_nodes[:20])}" if failed_nodes else ""))
     return buf.getvalue()

@@ -10,6 +10,8 @@ def run_own_sources(ds, fabric, baseline, thresholds, res) -> None:
     from fabricbench.analyze.evidence import Context, sources
     from fabricbench.analyze.weigh import weigh
 
+    if not getattr(res, "inputs", None):
+        res.inputs = list(dict.fromkeys(ds.sources))  # for the reports' provenance
     ctx = Context(dataset=ds, fabric=fabric, baseline=baseline, thresholds=thresholds, res=res)
     evidence = []
     for src in sources():
