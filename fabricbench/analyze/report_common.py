@@ -39,6 +39,8 @@ def human_ids(ident: dict) -> str:
         parts.append(str(ident["name"]))
     for key, value in ident.items():
         if key not in ("host", "nic", "port", "gpu", "gpus", "bus_id", "name") and value not in (None, "", [], {}):
+            if isinstance(value, (list, tuple)):
+                value = ", ".join(str(x) for x in value)
             parts.append(f"{key} {value}")
     return ", ".join(parts)
 
@@ -47,7 +49,7 @@ def below(v) -> str:
     d = getattr(v, "deficit_pct", 0.0) or 0.0
     if d >= 99.5:
         return "down"
-    return f"{d:.0f}% below" if d >= 0.5 else "fact"
+    return f"{d:.0f}% below" if d >= 0.5 else "fact"  # a reading true by itself (#wrong, a port down)
 
 
 BASIS_WORDS = {"fleet": "fleet", "baseline": "baseline", "topology": "topology", "data": "data",

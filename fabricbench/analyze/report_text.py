@@ -41,8 +41,9 @@ def render(res, criteria: dict | None = None, width: int | None = None, color: b
     con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False,
                   color_system="standard" if color else None, emoji=False)
     status = res.status.upper()
+    measured = measured_words(res)
     con.print(f"[bold]fabricbench analyze[/bold]: [{STATUS_STYLE.get(res.status, 'bold')}]{status}[/] "
-              f"(exit {res.exit_code}) - {escape(measured_words(res))}"
+              f"(exit {res.exit_code}) - {escape(measured.split(':')[0])}"
               + (f"; topology {escape(res.topology)}" if res.topology else ""))
     rows = summary_lines(res)
     if rows:
@@ -63,6 +64,7 @@ def render(res, criteria: dict | None = None, width: int | None = None, color: b
         con.print(t)
     else:
         con.print("No faulty component found.")
+    con.print(f"[dim]measured:[/dim] {escape(measured.split(': ', 1)[-1])}")
     if res.verdicts:
         t = Table(title="Verdicts", expand=True, show_lines=width >= 100)
         t.add_column("component", overflow="fold", ratio=2)
