@@ -75,10 +75,11 @@ def analyze_cmd(
     if drain:
         from fabricbench.analyze.drain import drain as do_drain
 
-        do_drain(res.verdicts, apply=apply, min_confidence=drain_confidence, echo=typer.echo)
+        # only verdicts about a measured host's own hardware may drain it (Analysis.drain_candidates)
+        do_drain(res.drain_candidates(0.0), apply=apply, min_confidence=drain_confidence, echo=typer.echo)
     code = res.exit_code
     if code == 0 and not evaluation["cluster"]["pass"]:
-        code = 1
+        code = 1  # a failed acceptance criterion (the criteria line says FAIL; the status line is re-rendered)
     raise typer.Exit(code)
 
 

@@ -61,6 +61,9 @@ class Dataset:
     expected_hosts: set[str] = field(default_factory=set)
     sources: list[str] = field(default_factory=list)
     identifiers: dict[str, dict] = field(default_factory=dict)  # host -> {"gpus": {idx: {...}}, "nics": {...}}
+    leaf_of: dict[str, str] = field(default_factory=dict)  # host -> leaf, when the results recorded it
+    launchers: set[str] = field(default_factory=set)  # machines that launched/timed a run but are not nodes
+    extra: dict = field(default_factory=dict)  # inputs for other evidence sources (link state, NCCL logs, ...)
 
     def empty(self) -> bool:
         return not (len(self.pairs) or len(self.gpus) or len(self.nics) or len(self.groups))
@@ -101,6 +104,11 @@ def merge(datasets: list[Dataset]) -> Dataset:
     for d in datasets:
         out.caveats.extend(d.caveats)
         out.expected_hosts |= d.expected_hosts
+        out.leaf_of.update(d.leaf_of)
+        out.launchers |= d.launchers
+        for key, value in d.extra.items():
+            out.extra.setdefault(key, [])
+            out.extra[key] += value if isinstance(value, list) else [value]
         out.sources.extend(d.sources)
         for host, ident in d.identifiers.items():
             out.identifiers.setdefault(host, {}).update(ident)

@@ -44,6 +44,13 @@ class PairData:
     duplicates: int
     rows_used: int
     notes: list[str] = field(default_factory=list)
+    # every used row (normalized log bandwidth, sender, receiver, round): the data's own tail and rounds
+    row_y: np.ndarray | None = None
+    row_src: np.ndarray | None = None
+    row_dst: np.ndarray | None = None
+    row_round: np.ndarray | None = None
+    failed_rounds: dict[tuple[int, int], set] = field(default_factory=dict)
+    invalid: int = 0  # rows marked ok whose bandwidth was 0, negative or infinite
 
 
 def node_codes(pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -185,11 +192,24 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
         del cube, counts
     # failed pairs
     failed: dict[tuple[int, int], str] = {}
-    bad = ~is_ok & (src != dst) & (src >= 0) & (dst >= 0)
+    failed_rounds: dict[tuple[int, int], set] = {}
+    # a reading of 0 GB/s or less, or an infinite one, is a dead direction or a broken input: evidence, not a row
+    # to drop (NaN bandwidth with a latency is a ping-pong row)
+    lat_col = pairs["latency_us"].to_numpy(dtype=np.float64)
+    invalid = is_ok & (src != dst) & ((np.isfinite(bw) & (bw <= 0)) | np.isinf(bw)
+                                      | (np.isnan(bw) & ~np.isfinite(lat_col)))
+    bad = (~is_ok | invalid) & (src != dst) & (src >= 0) & (dst >= 0)
     if bad.any():
         err = pairs["error"].astype(object).to_numpy()[bad]
-        for a, b, e in zip(src[bad], dst[bad], err):
+        bwb = bw[bad]
+        rb = pairs["round"].to_numpy(dtype=np.int64)[bad]
+        for a, b, e, v, r in zip(src[bad], dst[bad], err, bwb, rb):
+            if np.isfinite(v) and v <= 0:
+                e = f"read {float(v):g} GB/s (a dead direction or a broken input)"
+            elif np.isinf(v):
+                e = "read an infinite bandwidth (a broken input)"
             failed.setdefault((int(a), int(b)), str(e) if e is not None and e == e else "failed")
+            failed_rounds.setdefault((int(a), int(b)), set()).add(int(r))
         for (a, b) in failed:
             if not np.isfinite(Y[a, b]):
                 Y[a, b] = FAILED_VALUE
@@ -212,4 +232,6 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
     return PairData(names=names, Y=Y, support=support, worst=worst, failed=failed, stats=stats, sizes=bw_sizes,
                     all_sizes=sorted(int(s) for s in np.unique(sizes_all)) if len(sizes_all) else [],
                     rails=rails, leaf_idx=leaf_idx, nic_of=nic_of, rail_cells=rail_cells, duplicates=duplicates,
-                    rows_used=int(use.sum()), notes=notes)
+                    rows_used=int(use.sum()), notes=notes, row_y=y, row_src=s_u, row_dst=d_u,
+                    row_round=pick(pairs["round"].to_numpy(dtype=np.int64)), failed_rounds=failed_rounds,
+                    invalid=int(invalid.sum()))

@@ -14,7 +14,10 @@ def render(res, criteria: dict | None = None, width: int = 120, color: bool = Fa
     buf = io.StringIO()
     con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False)
     c = res.counts
-    con.print(f"[bold]fabricbench analyze[/bold]: {res.status.upper()} (exit {res.exit_code}) - "
+    status, code = res.status.upper(), res.exit_code
+    if criteria and code == 0 and not criteria["cluster"]["pass"]:
+        status, code = "FAULTS", 1  # an acceptance criterion failed: the status says so too
+    con.print(f"[bold]fabricbench analyze[/bold]: {status} (exit {code}) - "
               f"{len(res.hosts)} host(s), {c.get('pair_rows', 0)} pair rows, {c.get('gpus', 0)} GPU-pair rows, "
               f"{c.get('nics', 0)} NIC rows, {c.get('groups', 0)} collective rows"
               + (f"; topology {res.topology}" if res.topology else ""))
@@ -34,6 +37,15 @@ def render(res, criteria: dict | None = None, width: int = 120, color: bool = Fa
         con.print(f"[bold]cluster ({item['basis']}):[/bold] {item['summary']}")
     for line in res.inconclusive:
         con.print(f"[yellow]inconclusive:[/yellow] {line}")
+    for line in res.retests[:10]:
+        con.print(f"retest: {line}")
+    if len(res.retests) > 10:
+        con.print(f"... and {len(res.retests) - 10} more to retest (see --format json)")
+    if res.compared:
+        seen: dict[str, list[str]] = {}
+        for c in res.compared:
+            seen.setdefault(c["basis"], []).append(c["what"])
+        con.print("compared with: " + "; ".join(f"{b}: {', '.join(dict.fromkeys(w))[:150]}" for b, w in seen.items()))
     if res.intermittent:
         con.print(f"intermittent ({len(res.intermittent)}): " + "; ".join(res.intermittent[:5]))
     for line in res.caveats[:20]:
@@ -43,7 +55,8 @@ def render(res, criteria: dict | None = None, width: int = 120, color: bool = Fa
     if criteria:
         cl = criteria["cluster"]
         failed_nodes = sorted(h for h, n in criteria["nodes"].items() if not n["pass"])
-        con.print(f"criteria ({criteria['source']}): cluster {'PASS' if cl['pass'] else 'FAIL'}; "
+        word = "INCONCLUSIVE" if cl.get("inconclusive") else ("PASS" if cl["pass"] else "FAIL")
+        con.print(f"criteria ({criteria['source']}): cluster {word}; "
                   + ", ".join(f"{k} {'pass' if t['pass'] else 'FAIL'}" for k, t in cl["tests"].items())
                   + (f"; failing nodes: {', '.join(failed_nodes[:20])}" if failed_nodes else ""))
     return buf.getvalue()

@@ -35,8 +35,22 @@ def _read_run_json(folder: Path, ds: Dataset) -> dict:
         ds.caveats.append(f"{run_file}: unreadable ({err}); provenance ignored")
         return {}
     hosts = info.get("hosts") or []
-    if isinstance(hosts, list):
+    nodes = info.get("nodes")
+    if info.get("kind") == "pairwise-sweep" and isinstance(nodes, list) and nodes:
+        # a sweep's nodes are its plan's nodes; `hosts` are the machines that timed rows (with --local, the one
+        # launching machine, which is not a node and has no measurement of its own)
+        ds.expected_hosts |= {str(h) for h in nodes if h}
+        ds.launchers |= {str(h) for h in hosts if h and str(h) not in {str(x) for x in nodes}}
+    elif isinstance(hosts, list):
         ds.expected_hosts |= {str(h) for h in hosts if h}
+    leaves = info.get("leaves") or (info.get("simulation") or {}).get("leaves")
+    if isinstance(leaves, dict) and leaves:
+        # host -> leaf ({host: leaf}) or leaf -> [hosts] ({leaf: [host, ...]}), as sweeps and the simulator record it
+        for k, v in leaves.items():
+            if isinstance(v, list):
+                ds.leaf_of.update({str(h): str(k) for h in v})
+            elif isinstance(v, str):
+                ds.leaf_of[str(k)] = v
     for rank in info.get("ranks") or []:
         if isinstance(rank, dict) and rank.get("host"):
             ds.expected_hosts.add(str(rank["host"]))
