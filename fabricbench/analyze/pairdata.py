@@ -72,7 +72,8 @@ def _group_median(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.n
     return med.index.to_numpy(), med.to_numpy(), cnt.reindex(med.index).to_numpy()
 
 
-def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, round_correction: bool = False) -> PairData:
+def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, round_correction: bool = False,
+          oversubscription: float | None = None) -> PairData:
     src, dst, names = node_codes(pairs)
     n = len(names)
     bw = pairs["bw"].to_numpy(dtype=np.float32)
@@ -130,7 +131,19 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
     pick = (lambda x: x) if all_used else (lambda x: x[use])
     size_u = pick(size_idx_all)
     del size_idx_all
-    stats, y = class_stats(np.log(pick(bw)), pick(cls), size_u, np.asarray(bw_sizes, dtype=np.int64), CLASS_NAMES,
+    logs = np.log(pick(bw))
+    if oversubscription and oversubscription > 1.0 and leaf_idx is not None and use.any():
+        # judge each measurement against what it could reach in its round (contention.py)
+        from fabricbench.analyze.contention import reachable_log
+
+        share = reachable_log(pick(src), pick(dst), pick(pairs["round"].to_numpy(dtype=np.int64)), size_u,
+                              leaf_idx, oversubscription, phase=pick(pairs["phase"].to_numpy(dtype=np.int64))
+                              if "phase" in pairs else None)
+        logs = logs - share
+        if (share < 0).any():
+            notes.append(f"oversubscribed uplinks ({oversubscription:g}:1): {int((share < 0).sum())} cross-leaf "
+                         "measurement(s) judged against their fair share of the uplinks in their round")
+    stats, y = class_stats(logs, pick(cls), size_u, np.asarray(bw_sizes, dtype=np.int64), CLASS_NAMES,
                            floor, step=step)
     del cls
     s_u, d_u = pick(src), pick(dst)

@@ -167,6 +167,7 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
     rev = _is(direction, "b->a", n)
     bidir = _is(direction, "bidir", n)
     pingpong = _is(direction, "pingpong", n)
+    phase = np.where(rev, 1, np.where(_is(direction, "a->b", n), 0, -1)).astype(np.int8)
     src = np.where(rev, b_codes, a_codes)
     dst = np.where(rev, a_codes, b_codes)
     del rev
@@ -197,11 +198,12 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
         dst = np.concatenate([dst, a_codes[idx]])
         take = np.concatenate([np.arange(n), idx])
         bw, size, lat, rnd, rail = (x[take] for x in (bw, size, lat, rnd, rail))
+        phase = np.concatenate([phase, np.full(len(idx), -1, np.int8)])
         status, nic, err = status.take(take), nic.take(take), err.take(take)
     del a_codes, b_codes
     keep = (src >= 0) & (dst >= 0)
     if not keep.all():
-        src, dst, bw, size, lat, rnd, rail = (x[keep] for x in (src, dst, bw, size, lat, rnd, rail))
+        src, dst, bw, size, lat, rnd, rail, phase = (x[keep] for x in (src, dst, bw, size, lat, rnd, rail, phase))
         status, nic, err = status[keep], nic[keep], err[keep]
     m = len(src)
     out = pd.DataFrame({
@@ -210,6 +212,7 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
         "size": size, "bw": bw, "latency_us": lat, "round": rnd, "rail": rail,
         "nic": nic, "status": status, "error": err,
         "source": pd.Categorical.from_codes(np.zeros(m, dtype=np.int8), categories=[source]),
+        "phase": phase,
     }, copy=False)
     return out[list(PAIR_COLUMNS)]
 

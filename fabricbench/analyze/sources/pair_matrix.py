@@ -14,6 +14,7 @@ import numpy as np
 
 from fabricbench.analyze import pairdata, pairfit, tomography
 from fabricbench.analyze.evidence import Context, Evidence, source
+from fabricbench.analyze.weigh import FALSE_ALARM_BUDGET
 from fabricbench.analyze.verdicts import pct
 
 NAME = "pair-matrix"
@@ -52,7 +53,8 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
     if not len(ds.pairs):
         return []
     leaf_of, leaf_src = _leaf_map(ctx)
-    pd_ = pairdata.build(ds.pairs, leaf_of, th.min_spread)
+    over = ctx.fabric.oversubscription if ctx.fabric is not None else None
+    pd_ = pairdata.build(ds.pairs, leaf_of, th.min_spread, oversubscription=over)
     res.notes.extend(pd_.notes)
     names = pd_.names
     n = len(names)
@@ -381,14 +383,24 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     with np.errstate(invalid="ignore"):
         flag = (R < -pair_thr_m) & (pd_.Y < -pair_thr_m) & ends_ok
     # the data's own tail: residual of every single (row-level) measurement of a healthy-ended path
+    # The unit is one (path, round): the best of its sizes in that round. A dip of one measurement leaves the
+    # round's other sizes normal; a transient that lasts a round hits all of them, and the data says which.
     tail = np.zeros(0)
     if pd_.row_y is not None and len(pd_.row_y):
         s, d = pd_.row_src, pd_.row_dst
         off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
         pred = fit.predicted[s, d]
         ok = ends_ok[s, d] & np.isfinite(pred)
-        tail = np.sort((pd_.row_y - off - np.nan_to_num(pred))[ok])
+        r = (pd_.row_y - off - np.nan_to_num(pred))[ok]
+        n = len(names)
+        rr = pd_.row_round[ok].astype(np.int64)
+        key = (s[ok].astype(np.int64) * n + d[ok]) * (int(rr.max() - rr.min()) + 1) + (rr - rr.min())
+        uk, inv = np.unique(key, return_inverse=True)
+        best = np.full(len(uk), -np.inf)
+        np.fmax.at(best, inv, r)
+        tail = np.sort(best)
     tested = max(int((np.isfinite(R) & ends_ok).sum()), 1)
+    cls_m = ctx.shared["pairs"]["cls"]
     corunners = _round_corunners(pd_) if flag.any() else {}
     rounds_of: dict[tuple[int, int], set] = {}
     if flag.any() and pd_.row_round is not None:
@@ -416,8 +428,19 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         intra = leaf is not None and leaf[i] == leaf[j]
         no_collisions = ctx.fabric is not None and not ctx.fabric.collisions_possible()
         distinct = len(rounds) if intra or no_collisions else _distinct_schedules(rounds, corunners, (i, j))
-        q = (np.searchsorted(tail, -d, side="right") + 1) / (len(tail) + 1) if len(tail) else 0.5
-        chance = tested * q ** max(distinct, 1)
+        # how often a (path, round) of another path reads this low (its own rounds are not evidence for chance)
+        own = len(rounds_of.get((i, j), ())) + (len(rounds_of.get((j, i), ())) if both else 0)
+        below = max(int(np.searchsorted(tail, -d, side="right")) - own, 0)
+        q = (below + 1) / (len(tail) + 1) if len(tail) else 0.5
+        # independent rounds multiply; rounds that repeat a schedule may repeat a collision, so the paths of the
+        # same class that read this low in every round are counted as they are (the data says whether
+        # low readings recur)
+        same = cls_m == cls_m[i, j]
+        recurring = max(int(((R <= -d) & same & ends_ok & np.isfinite(R)).sum()) - (2 if both else 1), 0)
+        chance = max(tested * q ** max(len(rounds), 1), float(recurring)) if len(rounds) >= 2 and distinct < 2 \
+            else tested * q ** max(distinct, 1)
+        if len(rounds) >= 2 and distinct < 2:
+            distinct = 2 if recurring == 0 else 1
         a, b = names[i], names[j]
         comp = f"{a}<->{b}" if both else f"{a}->{b}"
         partner = _retest_partners({i, j}, names, healthy, leaf, 1)
@@ -430,7 +453,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         out.append(Evidence(
             source=NAME, component=comp, kind="link", deficit=1 - math.exp(-d), support=max(distinct, 1),
             noise=float(max(pair_spread[i, j], pair_spread[j, i] if both else 0)), basis="fleet",
-            threshold=1 - math.exp(-float(pair_thr_m[i, j])), chance=chance, confidence=1.0 / (1.0 + chance),
+            threshold=1 - math.exp(-float(pair_thr_m[i, j])), chance=chance, confidence=1.0,
             cap=0.97 if distinct >= 2 else 0.45,
             summary=summary,
             details=[f"{a}->{b}: {pct(float(pd_.Y[i, j])):.1f}% below fleet, residual {pct(float(R[i, j])):.1f}% "
@@ -498,7 +521,7 @@ def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
         if k < 3 or m < 4:
             continue
         chance = n * float(binom.sf(k - 1, m, p))
-        if chance > 0.2:
+        if chance > FALSE_ALARM_BUDGET:
             continue
         named.add(i)
         direction = "both" if tx >= 2 and rx >= 2 else ("tx" if tx > rx else "rx")
@@ -506,7 +529,7 @@ def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
         out.append(Evidence(
             source=NAME, component=names[i], kind="nic", deficit=1 - math.exp(depth), support=k, noise=0.0,
             basis="fleet", threshold=0.0, direction=direction, pattern="intermittent", chance=chance,
-            confidence=1.0 / (1.0 + chance), cap=0.95,
+            confidence=1.0, cap=0.95,
             summary=f"{names[i]} dips {pct(depth):.0f}% in some rounds with {k} of {m} partners and is normal in "
                     f"others (fleet dip rate {100 * p:.1f}%): an intermittent NIC, cable or port (flapping link)",
             details=[f"{tx} dips sending, {rx} receiving; {chance:.2g} hosts expected this bad by chance"],
