@@ -114,6 +114,12 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
     else:
         cls = np.zeros(pd_.Y.shape, dtype=np.int8)
     fit = pairfit.fit(pd_.Y, leaf, explain=th.explain, floor=th.min_spread, cls=cls)
+    # "healthy enough to explain others" must be judged against the noise of a median over partners: in a small
+    # or noisy fleet a healthy host's term wanders beyond a fixed 4%, and it would be dropped as a reference
+    explain = max(th.explain, 2.0 * fit.spread * 1.2533 / math.sqrt(max(n - 1, 1)))
+    if explain > th.explain * 1.01:
+        fit = pairfit.fit(pd_.Y, leaf, explain=explain, floor=th.min_spread, cls=cls)
+    ctx.shared["explain"] = explain
     if leaf is not None and len(leaf_names) == 2:
         res.notes.append("two leaves: every cross-leaf path uses both leaves' uplinks, so an uplink fault is "
                          "indistinguishable from the inter-leaf level itself; judge that level with --topology "
@@ -144,13 +150,40 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
             nic_names.setdefault(str(h), set()).add(str(nic))
     bad_node = np.zeros(n, dtype=bool)
     node_ev: dict[int, Evidence] = {}
+    # Where concurrent flows can slow each other (oversubscribed uplinks, several spines under ECMP), cross-leaf
+    # paths carry the schedule's collisions and can hide a host that is slower than its share. A host's own
+    # fault shows on every path, including those inside its leaf that share no uplink: judge the host on its
+    # intra-leaf partners when it has at least 3 of them.
+    send_t, recv_t = fit.send.copy(), fit.recv.copy()
+    send_m, recv_m = fit.send_n.copy(), fit.recv_n.copy()
+    if leaf is not None and ctx.fabric is not None and ctx.fabric.collisions_possible():
+        same = leaf[:, None] == leaf[None, :]
+        Yi = np.where(same, pd_.Y, np.nan).astype(np.float32)
+        if np.isfinite(Yi).sum() >= 3:
+            fi = pairfit.fit(Yi, None, explain=explain, floor=th.min_spread)
+            enough = (np.isfinite(Yi).sum(axis=1) >= 3) & (np.isfinite(Yi).sum(axis=0) >= 3)
+            send_t = np.where(enough, fi.send, send_t)
+            recv_t = np.where(enough, fi.recv, recv_t)
+            send_m = np.where(enough, fi.send_n, send_m)
+            recv_m = np.where(enough, fi.recv_n, recv_m)
+            if enough.any():
+                spread = max(spread, fi.spread) if not enough.all() else fi.spread
+                res.notes.append("concurrent flows can collide on this fabric (oversubscription or several spines): "
+                                 "hosts judged on their intra-leaf partners, which share no uplink")
     for i, host in enumerate(names):
-        ds_, dr = -fit.send[i], -fit.recv[i]
-        res.node_levels[host] = {"send": float(fit.send[i]), "recv": float(fit.recv[i]),
-                                 "send_n": int(fit.send_n[i]), "recv_n": int(fit.recv_n[i])}
+        ds_, dr = -send_t[i], -recv_t[i]
+        res.node_levels[host] = {"send": float(send_t[i]), "recv": float(recv_t[i]),
+                                 "send_n": int(send_m[i]), "recv_n": int(recv_m[i])}
         d = max(ds_, dr)
-        both = ds_ > rel and dr > rel
-        m = int(min(fit.send_n[i], fit.recv_n[i]) if both else (fit.send_n[i] if ds_ >= dr else fit.recv_n[i]))
+        m_s, m_r = int(send_m[i]), int(recv_m[i])
+        se_s = spread * 1.2533 / math.sqrt(max(m_s, 1))
+        se_r = spread * 1.2533 / math.sqrt(max(m_r, 1))
+        # the weaker side counts when it is itself clearly below healthy (beyond the fleet rule or 3 standard
+        # errors of its own median), not only when it crosses the rule: noise splits a both-ways fault unevenly
+        weak_s = ds_ > rel or (ds_ > rel / 2 and ds_ > 3 * se_s)
+        weak_r = dr > rel or (dr > rel / 2 and dr > 3 * se_r)
+        both = weak_s and weak_r
+        m = int(min(m_s, m_r) if both else (m_s if ds_ >= dr else m_r))
         se = spread * 1.2533 / math.sqrt(max(m, 1))
         # beyond the fleet rule and beyond what the median of m noisy partners can wander by chance
         if d <= rel or d < th.component_sigmas * se or m < 3:
@@ -185,8 +218,8 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
             source=NAME, component=host, kind="nic", deficit=1 - math.exp(-d), support=m, noise=spread,
             basis="fleet", threshold=thr_frac, direction=direction, fact=fact, confidence=0.95 if fact else None,
             severity="critical" if fact else None, summary=summary,
-            details=[f"send term {pct(fit.send[i]):.1f}% below fleet ({fit.send_n[i]} partners), receive term "
-                     f"{pct(fit.recv[i]):.1f}% ({fit.recv_n[i]} partners); noise (residual spread) {100 * spread:.1f}%"]
+            details=[f"send term {pct(send_t[i]):.1f}% below fleet ({m_s} partners), receive term "
+                     f"{pct(recv_t[i]):.1f}% ({m_r} partners); noise (residual spread) {100 * spread:.1f}%"]
             + ([f"failed pairs with {', '.join(row_failed)}"] if row_failed else []),
             measurements=[{"pair": f"{host}->{names[j]}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}
                           for j in worst if np.isfinite(pd_.Y[i, j])],
@@ -210,8 +243,11 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
     ctx.shared["pairs"]["bad_up"] = bad_up
     _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls)
     # --- single paths, failed pairs, intermittent hosts -------------------------------------------------------
+    flapping = _intermittent(ctx, pd_, names, healthy, bad_node)
+    out += flapping
+    for e in flapping:  # a flapping host explains its own paths' dips: they are not links of their own
+        healthy[names.index(e.component)] = False
     out += _paths(ctx, pd_, fit, leaf, names, healthy, bad_up)
-    out += _intermittent(ctx, pd_, names, healthy, bad_node)
     if pd_.rail_cells is not None:
         from fabricbench.analyze.evidence import from_verdict
         from fabricbench.analyze.matrices import node_rail
@@ -290,8 +326,8 @@ def _leaf_switches(node_ev: dict[int, Evidence], leaf: np.ndarray, leaf_names: l
 def _uplinks(ctx, pd_, fit, leaf, leaf_names, names, healthy, switched):
     th = ctx.thresholds
     rel, spread = th.rel, fit.spread
-    ok_src = fit.send > -th.explain
-    ok_dst = fit.recv > -th.explain
+    ok_src = fit.send > -ctx.shared["explain"]
+    ok_dst = fit.recv > -ctx.shared["explain"]
     ev = {(e.leaf, e.direction): e for e in tomography.link_evidence(pd_.Y, leaf, ok_src, ok_dst, rel)}
     ident_ok = tomography.identifiable(leaf)
     spines = ctx.fabric.spines if ctx.fabric is not None else []
@@ -340,13 +376,17 @@ def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
     if leaf is not None and bad_up:
         badl = np.isin(leaf, bad_up)
         explained = explained | ((leaf[:, None] != leaf[None, :]) & (badl[:, None] | badl[None, :]))
+    if pd_.row_y is None or not len(pd_.row_y) or pd_.row_size is None:
+        return
+    rc = cls[pd_.row_src, pd_.row_dst]
+    rkeep = ~explained[pd_.row_src, pd_.row_dst]
     for row in res.fleet:
         c = pairdata.CLASS_NAMES.index(row["class"])
-        sel = (cls == c) & np.isfinite(Y)
-        keep = sel & ~explained
-        if sel.sum() and keep.sum() >= 3 and explained[sel].any():
-            shift = float(np.median(Y[keep])) - float(np.median(Y[sel]))
-            row["unexplained_median_gbps"] = row["median_gbps"] * math.exp(shift)
+        sel = (rc == c) & (pd_.row_size == row["size"])
+        keep = sel & rkeep
+        if sel.sum() and keep.sum() >= 3 and (sel & ~rkeep).any():
+            # row_y is log(bw / this class and size's median): the median of the paths nothing explains
+            row["unexplained_median_gbps"] = row["median_gbps"] * math.exp(float(np.median(pd_.row_y[keep])))
 
 
 def _round_corunners(pd_) -> dict[int, frozenset]:
@@ -379,7 +419,8 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
                 s_k = 1.4826 * float(np.median(np.abs(r - np.median(r))))
                 pair_spread[through] = np.maximum(pair_spread[through], s_k)
     pair_thr_m = np.maximum(rel, th.pair_sigmas * pair_spread)
-    ends_ok = (fit.send > -th.explain)[:, None] & (fit.recv > -th.explain)[None, :]
+    explain = ctx.shared["explain"]
+    ends_ok = ((fit.send > -explain) & healthy)[:, None] & ((fit.recv > -explain) & healthy)[None, :]
     with np.errstate(invalid="ignore"):
         flag = (R < -pair_thr_m) & (pd_.Y < -pair_thr_m) & ends_ok
     # the data's own tail: residual of every single (row-level) measurement of a healthy-ended path
