@@ -53,7 +53,8 @@ def test_pair_seen_in_one_round_needs_a_retest(tmp_path):
     v = [x for x in res.verdicts if x.kind == "link"]
     assert v and v[0].component == "node0003->node0004" and v[0].confidence < 0.5
     assert "retest" in v[0].summary
-    assert res.exit_code == 3  # evidence, but not enough to call it
+    # a suspect below min_confidence is listed to retest; it neither fails nor voids a judged run (issue 9)
+    assert res.exit_code == 0 and res.faults() == []
 
 
 def test_uplink_fault_by_tomography(tmp_path):
@@ -129,7 +130,9 @@ def test_measured_precision_recall_over_seeded_scenarios(tmp_path):
         fp += len(got - truth)
         fn += len(truth - got)
     precision, recall = tp / (tp + fp), tp / (tp + fn)
-    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+    # issue 9: a single path is named only when chance cannot explain it (false-alarm budget): a 15% path
+    # fault seen in 2 rounds among 2,000 paths with 0.2% transient dips is at that edge
+    assert precision >= 0.95 and recall >= 0.9, (precision, recall)
 
 
 def test_quiet_fleet_spread_floor(tmp_path):
@@ -168,9 +171,12 @@ def test_missing_host_and_failed_pairs_reported(tmp_path):
     res = analyze(load(out), fabric_from_leaves(truth["leaves"]))
     got = {(v.kind, v.component): v for v in res.verdicts}
     assert got[("node", "node0012")].severity == "critical" and "no measurement" in got[("node", "node0012")].summary
-    link = got[("link", "node0003->node0004")]
-    assert "failed" in link.summary and "NCCL timeout" in link.summary
+    # one failure with healthy ends is a retest, not a critical link verdict (issue 9, must hold 1)
+    assert ("link", "node0003->node0004") not in got
+    assert any("node0003->node0004" in r and "NCCL timeout" in r for r in res.retests)
     assert any("failed to measure" in c for c in res.caveats)
+    # the host with no measurement is reported but never drained
+    assert got[("node", "node0012")].drainable_host is None and res.drain_candidates(0.0) == []
 
 
 def test_duplicate_rows_are_noted_not_double_counted(tmp_path):
@@ -202,7 +208,9 @@ def test_simulator_is_seeded_and_validates(tmp_path):
 
 def test_uplink_without_topology_is_a_shared_path_not_six_nics(tmp_path):
     spec = SimSpec(nodes=24, leaves=4, seed=6, faults=[parse_fault("uplink:leaf3:0.7")])
-    out, _ = write(spec, tmp_path / "nt")
+    frame, _ = simulate(spec)
+    out = tmp_path / "nt"
+    write_results(out, frame, {"hosts": spec.hosts()})  # no leaf map anywhere
     res = analyze(load(out))  # no topology
     got = res.faults()
     assert [v.kind for v in got] == ["uplink"]
@@ -269,3 +277,18 @@ def test_pingpong_only_sweep(tmp_path):
     res = analyze(load(out))
     assert [(v.kind, v.component) for v in res.faults()] == [("nic", "node0004")]
     assert any("ping-pong rows" in n for n in res.notes)
+
+
+def test_uplink_fault_uses_the_leaf_map_in_the_results_and_drains_nobody(tmp_path):
+    """Issue 9 item 10: simulate --fault uplink, analyze without --topology: the results' leaf map names the
+    uplink, and no host is a drain candidate or a failing node."""
+    from fabricbench.analyze import criteria
+
+    spec = SimSpec(nodes=16, leaves=4, seed=3, faults=[parse_fault("uplink:leaf2:0.6")])
+    out, _ = write(spec, tmp_path / "u")
+    res = analyze(load(out))
+    assert [(v.kind, v.component) for v in res.faults()] == [("uplink", "leaf2 uplink")] or \
+        [v.kind for v in res.faults()] == ["uplink"]
+    assert res.drain_candidates(0.0) == []
+    ev = criteria.evaluate(criteria.default(), res)
+    assert not ev["cluster"]["pass"] and all(n["pass"] for n in ev["nodes"].values())

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from fabricbench.analyze.verdicts import KINDS
+from fabricbench.analyze.verdicts import HOST_KINDS, KINDS
 from fabricbench.errors import UsageError
 
 
@@ -98,7 +98,10 @@ def evaluate(crit: Criteria, res) -> dict:
             hits = [v for v in res.verdicts if v.kind in t.kinds and v.confidence >= mc]
             for v in hits:
                 why.append(f"{v.kind} {v.component} ({v.confidence:.2f})")
-                for h in v.hosts:
+                # a host fails only for its own hardware: uplink, spine, switch and path verdicts fail the
+                # cluster test, never the hosts they touch
+                h = _own_host(v)
+                if h:
                     nodes.setdefault(h, {"pass": True, "failed": []})
                     nodes[h]["pass"] = False
                     nodes[h]["failed"].append(f"{t.name}: {v.kind} {v.component}")
@@ -123,5 +126,20 @@ def evaluate(crit: Criteria, res) -> dict:
         if t.cluster_findings:
             why += [c["summary"] for c in res.cluster if c.get("failed")]
         tests_out[t.name] = {"pass": not why, "why": why[:20]}
-    return {"source": crit.source, "cluster": {"pass": all(t["pass"] for t in tests_out.values()), "tests": tests_out},
+    inconclusive = res.exit_code == 3
+    if inconclusive:
+        # nothing judged (or not enough evidence): the criteria cannot pass
+        tests_out["evidence"] = {"pass": False, "why": list(res.inconclusive[:5]) or ["nothing was judged"]}
+    return {"source": crit.source, "cluster": {"pass": all(t["pass"] for t in tests_out.values()), "tests": tests_out,
+                                               "inconclusive": inconclusive},
             "nodes": nodes}
+
+
+def _own_host(v) -> str | None:
+    """The host a verdict fails: its own measured host, or a host-side verdict about one host that produced no
+    measurement (reported as failing, never drained)."""
+    if getattr(v, "drainable_host", None):
+        return v.drainable_host
+    if v.kind in HOST_KINDS and len(v.hosts) == 1:
+        return v.hosts[0]
+    return None

@@ -137,3 +137,16 @@ def sources() -> list[Source]:
         for mod in pkgutil.iter_modules(pkg.__path__):
             importlib.import_module(f"{pkg.__name__}.{mod.name}")
     return sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name))
+
+
+def from_verdict(v, source_name: str) -> Evidence:
+    """Evidence from a verdict-shaped result of an older stage whose test computes its own calibrated
+    confidence (node x rail, GPU matrices, group tests): weighed like any other evidence."""
+    own = None
+    if v.kind in HOST_KINDS:
+        own = (v.identifiers or {}).get("host") or (v.hosts[0] if len(v.hosts) == 1 else None)
+    return Evidence(source=source_name, component=v.component, kind=v.kind, deficit=max(v.deficit_pct, 0.0) / 100,
+                    support=1, noise=0.0, basis=v.basis, confidence=v.confidence, severity=v.severity,
+                    summary=v.summary, details=list(v.evidence), measurements=list(v.measurements),
+                    retest=list(v.retest), identifiers=dict(v.identifiers), hosts=list(v.hosts), own_host=own,
+                    direction=getattr(v, "direction", ""), pattern=getattr(v, "pattern", "steady"))

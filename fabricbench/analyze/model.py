@@ -3,7 +3,9 @@
 Frames (pandas, one row per measurement):
 
 - `pairs`: directed node-to-node bandwidth: `src`, `dst` (the sender and the receiver), `size`, `bw` (GB/s),
-  `latency_us`, `round`, `rail` (-1 when not per rail), `nic`, `status` (ok | failed), `error`, `source`.
+  `latency_us`, `round`, `rail` (-1 when not per rail), `nic`, `status` (ok | failed), `error`, `source`,
+  `phase` (which half of a pair's turn: 0 = a->b, 1 = b->a, -1 unknown; pairs of a round run each phase at
+  the same time, so phase + round + size says which flows shared the fabric).
 - `gpus`: GPU-to-GPU bandwidth: `src_host`, `src_gpu`, `dst_host`, `dst_gpu`, `test`, `bw`, `status`, `source`.
 - `nics`: one NIC's bandwidth: `host`, `nic`, `peer`, `size`, `bw`, `status`, `error`, `source`.
 - `groups`: a collective over a set of hosts: `op`, `hosts` (comma-joined, sorted), `nranks`, `size`, `busbw`,
@@ -22,7 +24,7 @@ import pandas as pd
 
 PAIR_COLUMNS = {"src": "object", "dst": "object", "size": "int64", "bw": "float64", "latency_us": "float64",
                 "round": "int64", "rail": "int64", "nic": "object", "status": "object", "error": "object",
-                "source": "object"}
+                "source": "object", "phase": "int64"}
 GPU_COLUMNS = {"src_host": "object", "src_gpu": "int64", "dst_host": "object", "dst_gpu": "int64",
                "test": "object", "bw": "float64", "status": "object", "source": "object"}
 NIC_COLUMNS = {"host": "object", "nic": "object", "peer": "object", "size": "int64", "bw": "float64",
@@ -61,8 +63,10 @@ class Dataset:
     expected_hosts: set[str] = field(default_factory=set)
     sources: list[str] = field(default_factory=list)
     identifiers: dict[str, dict] = field(default_factory=dict)  # host -> {"gpus": {idx: {...}}, "nics": {...}}
-    # inputs that are not measurements, for the evidence sources: "link_state" (fabricbench.linkstate.Port list),
-    # "nccl_logs" (fabricbench.engine.nccl_log summaries), "topology_opt_out" (--topology none)
+    leaf_of: dict[str, str] = field(default_factory=dict)  # host -> leaf, when the results recorded it
+    launchers: set[str] = field(default_factory=set)  # machines that launched/timed a run but are not nodes
+    # inputs for other evidence sources: "link_state" (fabricbench.linkstate.Port list), "nccl_logs"
+    # (fabricbench.engine.nccl_log records), "op_inference", "topology_opt_out" (--topology none)
     extra: dict = field(default_factory=dict)
 
     def empty(self) -> bool:
@@ -105,14 +109,14 @@ def merge(datasets: list[Dataset]) -> Dataset:
     for d in datasets:
         out.caveats.extend(d.caveats)
         out.expected_hosts |= d.expected_hosts
+        out.leaf_of.update(d.leaf_of)
+        out.launchers |= d.launchers
+        for key, value in d.extra.items():
+            out.extra.setdefault(key, [])
+            out.extra[key] += value if isinstance(value, list) else [value]
         out.sources.extend(d.sources)
         for host, ident in d.identifiers.items():
             out.identifiers.setdefault(host, {}).update(ident)
-        for key, value in d.extra.items():
-            if isinstance(value, list):
-                out.extra.setdefault(key, []).extend(value)
-            else:
-                out.extra[key] = value
     return out
 
 

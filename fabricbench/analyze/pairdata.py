@@ -44,6 +44,14 @@ class PairData:
     duplicates: int
     rows_used: int
     notes: list[str] = field(default_factory=list)
+    # every used row (normalized log bandwidth, sender, receiver, round): the data's own tail and rounds
+    row_y: np.ndarray | None = None
+    row_src: np.ndarray | None = None
+    row_dst: np.ndarray | None = None
+    row_round: np.ndarray | None = None
+    row_size: np.ndarray | None = None  # bytes
+    failed_rounds: dict[tuple[int, int], set] = field(default_factory=dict)
+    invalid: int = 0  # rows marked ok whose bandwidth was 0, negative or infinite
 
 
 def node_codes(pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -65,7 +73,8 @@ def _group_median(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.n
     return med.index.to_numpy(), med.to_numpy(), cnt.reindex(med.index).to_numpy()
 
 
-def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, round_correction: bool = False) -> PairData:
+def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, round_correction: bool = False,
+          oversubscription: float | None = None) -> PairData:
     src, dst, names = node_codes(pairs)
     n = len(names)
     bw = pairs["bw"].to_numpy(dtype=np.float32)
@@ -123,7 +132,19 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
     pick = (lambda x: x) if all_used else (lambda x: x[use])
     size_u = pick(size_idx_all)
     del size_idx_all
-    stats, y = class_stats(np.log(pick(bw)), pick(cls), size_u, np.asarray(bw_sizes, dtype=np.int64), CLASS_NAMES,
+    logs = np.log(pick(bw))
+    if oversubscription and oversubscription > 1.0 and leaf_idx is not None and use.any():
+        # judge each measurement against what it could reach in its round (contention.py)
+        from fabricbench.analyze.contention import reachable_log
+
+        share = reachable_log(pick(src), pick(dst), pick(pairs["round"].to_numpy(dtype=np.int64)), size_u,
+                              leaf_idx, oversubscription, phase=pick(pairs["phase"].to_numpy(dtype=np.int64))
+                              if "phase" in pairs else None)
+        logs = logs - share
+        if (share < 0).any():
+            notes.append(f"oversubscribed uplinks ({oversubscription:g}:1): {int((share < 0).sum())} cross-leaf "
+                         "measurement(s) judged against their fair share of the uplinks in their round")
+    stats, y = class_stats(logs, pick(cls), size_u, np.asarray(bw_sizes, dtype=np.int64), CLASS_NAMES,
                            floor, step=step)
     del cls
     s_u, d_u = pick(src), pick(dst)
@@ -185,11 +206,24 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
         del cube, counts
     # failed pairs
     failed: dict[tuple[int, int], str] = {}
-    bad = ~is_ok & (src != dst) & (src >= 0) & (dst >= 0)
+    failed_rounds: dict[tuple[int, int], set] = {}
+    # a reading of 0 GB/s or less, or an infinite one, is a dead direction or a broken input: evidence, not a row
+    # to drop (NaN bandwidth with a latency is a ping-pong row)
+    lat_col = pairs["latency_us"].to_numpy(dtype=np.float64)
+    invalid = is_ok & (src != dst) & ((np.isfinite(bw) & (bw <= 0)) | np.isinf(bw)
+                                      | (np.isnan(bw) & ~np.isfinite(lat_col)))
+    bad = (~is_ok | invalid) & (src != dst) & (src >= 0) & (dst >= 0)
     if bad.any():
         err = pairs["error"].astype(object).to_numpy()[bad]
-        for a, b, e in zip(src[bad], dst[bad], err):
+        bwb = bw[bad]
+        rb = pairs["round"].to_numpy(dtype=np.int64)[bad]
+        for a, b, e, v, r in zip(src[bad], dst[bad], err, bwb, rb):
+            if np.isfinite(v) and v <= 0:
+                e = f"read {float(v):g} GB/s (a dead direction or a broken input)"
+            elif np.isinf(v):
+                e = "read an infinite bandwidth (a broken input)"
             failed.setdefault((int(a), int(b)), str(e) if e is not None and e == e else "failed")
+            failed_rounds.setdefault((int(a), int(b)), set()).add(int(r))
         for (a, b) in failed:
             if not np.isfinite(Y[a, b]):
                 Y[a, b] = FAILED_VALUE
@@ -212,4 +246,7 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
     return PairData(names=names, Y=Y, support=support, worst=worst, failed=failed, stats=stats, sizes=bw_sizes,
                     all_sizes=sorted(int(s) for s in np.unique(sizes_all)) if len(sizes_all) else [],
                     rails=rails, leaf_idx=leaf_idx, nic_of=nic_of, rail_cells=rail_cells, duplicates=duplicates,
-                    rows_used=int(use.sum()), notes=notes)
+                    rows_used=int(use.sum()), notes=notes, row_y=y, row_src=s_u, row_dst=d_u,
+                    row_round=pick(pairs["round"].to_numpy(dtype=np.int64)), failed_rounds=failed_rounds,
+                    row_size=np.asarray(bw_sizes, dtype=np.int64)[size_u] if len(bw_sizes) else None,
+                    invalid=int(invalid.sum()))

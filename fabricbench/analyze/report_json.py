@@ -26,9 +26,9 @@ def document(res, criteria: dict | None = None) -> dict:
         "verdicts": [v.as_dict() for v in res.verdicts], "cluster": res.cluster, "inconclusive": res.inconclusive,
         "caveats": res.caveats, "notes": res.notes, "intermittent": res.intermittent, "fleet": res.fleet,
         "expected": res.expected, "groups": res.groups, "node_levels": res.node_levels, "counts": res.counts,
-        "hosts": res.hosts, "criteria": criteria,
-        "compared": getattr(res, "compared", []), "retests": getattr(res, "retests", []),
-        "inputs": getattr(res, "inputs", {}),
+        "hosts": res.hosts, "criteria": criteria, "compared": res.compared, "retests": res.retests,
+        "drain_candidates": sorted({v.drainable_host for v in res.drain_candidates(0.0)}),
+        "inputs": getattr(res, "inputs", []), "op_inference": getattr(res, "op_inference", []),
     })
 
 

@@ -23,10 +23,7 @@ def render(res, criteria: dict) -> str:
             failures += 1
             f = ET.SubElement(case, "failure", message="; ".join(node["failed"][:3])[:500])
             f.text = "\n".join(node["failed"])
-    if res.exit_code == 3:
-        case = ET.SubElement(suite, "testcase", classname="cluster", name="evidence")
-        ET.SubElement(case, "skipped", message="; ".join(res.inconclusive)[:500] or "inconclusive")
-        cases += 1
+    # an inconclusive run fails the criteria's "evidence" test above: nothing judged never passes
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("errors", "0")

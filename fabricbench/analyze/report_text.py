@@ -40,10 +40,12 @@ def render(res, criteria: dict | None = None, width: int | None = None, color: b
     buf = io.StringIO()
     con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False,
                   color_system="standard" if color else None, emoji=False)
-    status = res.status.upper()
+    status, code = res.status.upper(), res.exit_code
+    if criteria and code == 0 and not criteria["cluster"]["pass"]:
+        status, code = "FAULTS", 1  # an acceptance criterion failed: the status says so too
     measured = measured_words(res)
-    con.print(f"[bold]fabricbench analyze[/bold]: [{STATUS_STYLE.get(res.status, 'bold')}]{status}[/] "
-              f"(exit {res.exit_code}) - {escape(measured.split(':')[0])}"
+    con.print(f"[bold]fabricbench analyze[/bold]: [{STATUS_STYLE.get(status.lower(), 'bold')}]{status}[/] "
+              f"(exit {code}) - {escape(measured.split(':')[0])}"
               + (f"; topology {escape(res.topology)}" if res.topology else ""))
     rows = summary_lines(res)
     if rows:
@@ -103,11 +105,18 @@ def render(res, criteria: dict | None = None, width: int | None = None, color: b
         con.print(f"[bold]NCCL[/bold] ({escape(os.path.basename(log['source']))}): {escape(log.get('note', ''))}")
     for line in res.inconclusive:
         con.print(f"[yellow]inconclusive:[/yellow] {escape(line)}")
+    for line in res.retests[:10]:
+        con.print(f"retest: {escape(line)}")
+    if len(res.retests) > 10:
+        con.print(f"... and {len(res.retests) - 10} more to retest (see --format json)")
+    if res.compared:
+        seen: dict[str, list[str]] = {}
+        for c in res.compared:
+            seen.setdefault(c["basis"], []).append(c["what"])
+        con.print("compared with: " + escape("; ".join(f"{b}: {', '.join(dict.fromkeys(w))[:150]}"
+                                                       for b, w in seen.items())))
     if res.intermittent:
         con.print(f"intermittent ({len(res.intermittent)}): " + escape("; ".join(res.intermittent[:5])))
-    retests = getattr(res, "retests", None) or []
-    if retests:
-        con.print(f"retest ({len(retests)}): " + escape("; ".join(retests[:5])))
     for line in res.caveats[:20]:
         con.print(f"[dim]caveat:[/dim] {escape(line)}")
     for line in res.notes[:20]:
@@ -115,7 +124,8 @@ def render(res, criteria: dict | None = None, width: int | None = None, color: b
     if criteria:
         cl = criteria["cluster"]
         failed_nodes = sorted(h for h, n in criteria["nodes"].items() if not n["pass"])
-        con.print(f"criteria ({escape(criteria['source'])}): cluster {'PASS' if cl['pass'] else 'FAIL'}; "
+        word = "INCONCLUSIVE" if cl.get("inconclusive") else ("PASS" if cl["pass"] else "FAIL")
+        con.print(f"criteria ({escape(criteria['source'])}): cluster {word}; "
                   + ", ".join(f"{k} {'pass' if t['pass'] else 'FAIL'}" for k, t in cl["tests"].items())
                   + (f"; failing nodes: {', '.join(failed_nodes[:20])}" if failed_nodes else ""))
     return buf.getvalue()

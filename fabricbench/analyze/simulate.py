@@ -35,6 +35,8 @@ INTRA_GBPS = 48.0
 INTER_GBPS = 46.0
 GPU_GBPS = 370.0
 NVLINKS = 18
+KINDS = ("nic", "nic-rx", "nic-tx", "flap", "pair", "uplink", "switch", "spine", "gpu", "nvlink", "latency")
+FLAP_P = 0.3  # a flapping NIC is down to FACTOR in this share of rounds
 
 
 @dataclass
@@ -47,11 +49,11 @@ class Fault:
 
     def truth(self) -> dict:
         comp = self.target
-        if self.kind == "nic" and self.rail is not None:
+        if self.kind in ("nic", "nic-rx", "nic-tx", "flap") and self.rail is not None:
             comp = f"{self.target}/{self.rail}"
         if self.kind in ("gpu", "nvlink"):
             comp = f"{self.target}:GPU{self.gpu}"
-        return {"kind": self.kind, "component": comp, "host": self.target.split("->")[0] if self.kind != "uplink" and self.kind != "switch" else None,
+        return {"kind": self.kind, "component": comp, "host": self.target.split("->")[0] if self.kind not in ("uplink", "switch", "spine") else None,
                 "target": self.target, "factor": self.factor, "rail": self.rail, "gpu": self.gpu}
 
 
@@ -60,8 +62,8 @@ def parse_fault(spec: str) -> Fault:
     if len(parts) < 2:
         raise UsageError(f"--fault {spec!r}: expected KIND:TARGET[:FACTOR] (e.g. nic:node0005:0.6)")
     kind, target = parts[0].strip().lower(), parts[1].strip()
-    if kind not in ("nic", "pair", "uplink", "switch", "gpu", "nvlink", "latency"):
-        raise UsageError(f"--fault {spec!r}: unknown kind {kind!r} (nic, pair, uplink, switch, gpu, nvlink, latency)")
+    if kind not in KINDS:
+        raise UsageError(f"--fault {spec!r}: unknown kind {kind!r} ({', '.join(KINDS)})")
     factor = 0.5
     if len(parts) > 2:
         try:
@@ -115,6 +117,11 @@ class SimSpec:
     faults: list[Fault] = field(default_factory=list)
     names: list[str] | None = None
     leaf_of: dict[str, str] | None = None
+    heavy: bool = False  # Student-t (3 d.o.f.) per-measurement noise instead of Gaussian
+    dips: float = 0.0  # probability a single measurement dips to 20-70% (OS jitter, a competing job)
+    failures: float = 0.0  # probability a pair fails to measure in a round (a timeout), transient
+    oversubscription: float = 1.0  # leaf downlink : uplink capacity; concurrent cross-leaf flows share uplinks
+    routing: str = "adaptive"  # adaptive (flows share a leaf's uplink bundle) | static (ECMP hash per pair)
 
     def hosts(self) -> list[str]:
         if self.names:
@@ -173,16 +180,30 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
     sw = np.ones(len(leaf_names))
     pair_f: dict[tuple[int, int], float] = {}
     lat_f = np.ones(n)
+    flaps: list[tuple[int, float]] = []
+    spine_f = np.ones(max(spec.spines, 1))
     for f in spec.faults:
-        if f.kind in ("nic", "gpu", "nvlink", "latency") and f.target not in hi:
+        if f.kind in ("nic", "nic-rx", "nic-tx", "flap", "gpu", "nvlink", "latency") and f.target not in hi:
             raise UsageError(f"--fault {f.kind}:{f.target}: no such node (nodes {hosts[0]}..{hosts[-1]})")
-        if f.kind == "nic":
+        if f.kind in ("nic", "nic-rx", "nic-tx"):
             rails = range(R) if f.rail is None else [f.rail]
             if f.rail is not None and not 0 <= f.rail < R:
                 raise UsageError(f"--fault nic:{f.target}/{f.rail}: rail out of range (0..{R - 1})")
             for r in rails:
-                send[hi[f.target], r] *= f.factor
-                recv[hi[f.target], r] *= f.factor
+                if f.kind != "nic-rx":
+                    send[hi[f.target], r] *= f.factor
+                if f.kind != "nic-tx":
+                    recv[hi[f.target], r] *= f.factor
+        elif f.kind == "flap":
+            flaps.append((hi[f.target], f.factor))
+        elif f.kind == "spine":
+            try:
+                k = int(f.target.lower().removeprefix("spine")) - 1
+            except ValueError:
+                k = -1
+            if not 0 <= k < max(spec.spines, 1):
+                raise UsageError(f"--fault spine:{f.target}: no such spine (spine1..spine{max(spec.spines, 1)})")
+            spine_f[k] *= f.factor
         elif f.kind == "latency":
             lat_f[hi[f.target]] *= f.factor
         elif f.kind == "pair":
@@ -223,11 +244,20 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
             hit = key == x * n + y
             factor[hit] = np.minimum(factor[hit], fac)
     round_all = rnd[idx_pair] + rep_i * rounds_per_rep
+    n_rounds = int(round_all.max()) + 1 if total else 1
+    for h, fac in flaps:  # a flapping NIC: some rounds at FACTOR, the rest normal
+        bad = rng.random(n_rounds) < FLAP_P
+        hit = ((s_ == h) | (d_ == h)) & bad[round_all]
+        factor[hit] = np.minimum(factor[hit], fac)
+    rate = base * factor
+    rate = _flow_model(spec, rate, s_, d_, leaf, cross, round_all, direction[idx_pair], size_i, rail_i, spine_f, R)
     sigma = spec.noise
-    noise = rng.standard_normal(total) * sigma
+    if spec.heavy:
+        noise = rng.standard_t(3, total) * sigma / math.sqrt(3)  # same variance, heavy tails
+    else:
+        noise = rng.standard_normal(total) * sigma
     tail = rng.random(total) < 0.01
     noise[tail] -= np.abs(rng.standard_t(3, tail.sum())) * 2 * sigma
-    n_rounds = int(round_all.max()) + 1
     round_factor = rng.standard_normal((n_rounds, S)) * sigma / 2
     noise += round_factor[round_all, size_i]
     if spec.intermittent > 0:
@@ -238,7 +268,23 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
         hit = rng.random(len(uniq)) < spec.intermittent
         depth = rng.uniform(0.2, 0.5, len(uniq))
         noise += np.where(hit[inv], np.log(1 - depth[inv]), 0.0)
-    bw = base * factor * np.exp(np.minimum(noise, 3 * sigma))
+    lat_noise = rng.standard_normal(total) * sigma
+    if spec.dips > 0:  # transients hit single measurements of every kind: bandwidth down, latency up
+        hit = rng.random(total) < spec.dips
+        noise[hit] += np.log(rng.uniform(0.2, 0.7, int(hit.sum())))
+        hit = rng.random(total) < spec.dips
+        lat_noise[hit] += np.log(rng.uniform(1.5, 6.0, int(hit.sum())))
+    bw = rate * np.exp(np.minimum(noise, 3 * sigma))
+    status = np.full(total, "ok", dtype=object)
+    error = np.full(total, None, dtype=object)
+    if spec.failures > 0:  # a pair's measurement fails (timeout) in one round: every size of that round
+        upair = idx_pair % len(a) if len(a) else idx_pair
+        key = upair.astype(np.int64) * n_rounds + round_all
+        uniq, inv = np.unique(key, return_inverse=True)
+        fail = (rng.random(len(uniq)) < spec.failures)[inv]
+        bw = np.where(fail, np.nan, bw)
+        status[fail] = "failed"
+        error[fail] = "timeout (simulated transient failure)"
     size_arr = np.asarray(spec.sizes, dtype=np.int64)[size_i]
     time_us = size_arr / (bw * 1e3)
     cat_hosts = pd.Categorical.from_codes(np.arange(n), categories=hosts)
@@ -247,8 +293,9 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
         "row_kind": pd.Categorical(["pair"]).repeat(total) if total else pd.Categorical([]),
         "op": pd.Categorical(["p2p_uni"]).repeat(total) if total else pd.Categorical([]),
         "size_bytes": size_arr, "time_us": time_us, "algbw_gbps": bw, "busbw_gbps": bw,
-        "latency_us": 2.0 * np.maximum(lat_f[s_], lat_f[d_]) * np.exp(rng.standard_normal(total) * sigma),
-        "status": pd.Categorical(["ok"]).repeat(total) if total else pd.Categorical([]),
+        "latency_us": 2.0 * np.maximum(lat_f[s_], lat_f[d_]) * np.exp(lat_noise),
+        "status": pd.Categorical(status, categories=["ok", "failed"]),
+        "error": error,
         "round": round_all.astype(np.int64),
         "node_a": pd.Categorical.from_codes(node_a[idx_pair], categories=hosts),
         "node_b": pd.Categorical.from_codes(node_b[idx_pair], categories=hosts),
@@ -263,8 +310,53 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
         frame = pd.concat([frame, gpu_rows], ignore_index=True)
     truth = {"nodes": n, "leaves": leaf_map, "spines": spec.spines, "rails": R, "gpus": spec.gpus,
              "pattern": spec.pattern, "sizes": spec.sizes, "repeats": reps, "noise": spec.noise,
-             "intermittent": spec.intermittent, "seed": spec.seed, "faults": [f.truth() for f in spec.faults]}
+             "intermittent": spec.intermittent, "seed": spec.seed, "faults": [f.truth() for f in spec.faults],
+             "heavy": spec.heavy, "dips": spec.dips, "failures": spec.failures,
+             "oversubscription": spec.oversubscription, "routing": spec.routing}
     return frame, truth
+
+
+def _flow_model(spec: SimSpec, rate: np.ndarray, s_, d_, leaf, cross, round_all, direction, size_i, rail_i,
+                spine_f: np.ndarray, R: int) -> np.ndarray:
+    """Concurrent flows share what the fabric gives them. Flows of one round, direction and size run at once; a
+    cross-leaf flow leaves through its leaf's uplinks and enters through the destination leaf's downlinks. Each
+    leaf-spine link carries (hosts on the leaf x host rate) / (oversubscription x spines); a degraded spine
+    carries less. Adaptive routing spreads a leaf's flows over all its links (one shared bundle); static
+    routing hashes each pair onto one spine, so two flows may collide on one link while others idle, and the
+    same pair collides again whenever the same schedule repeats. Each flow gets min(its own rate, its fair
+    share of every link it uses)."""
+    S = max(spec.spines, 1)
+    if not cross.any() or (spec.oversubscription <= 1.0 and spec.routing == "adaptive" and np.all(spine_f == 1.0)):
+        return rate
+    per_leaf = np.bincount(leaf)
+    link_cap = per_leaf * INTER_GBPS / R / (spec.oversubscription * S)  # one leaf-spine link, one direction
+    group = ((round_all.astype(np.int64) * 2 + direction) * 64 + size_i) * max(R, 1) + rail_i
+    idx = np.flatnonzero(cross)
+    ls, ld, g = leaf[s_[idx]], leaf[d_[idx]], group[idx]
+    nl = int(leaf.max()) + 1
+    if spec.routing == "static":
+        # a 5-tuple-like hash of (src, dst, rail), mixed so that a round's structure does not line flows up
+        h = (s_[idx].astype(np.uint64) * np.uint64(0x9E3779B1) + d_[idx].astype(np.uint64) * np.uint64(0x85EBCA77)
+             + rail_i[idx].astype(np.uint64) * np.uint64(0xC2B2AE3D)) & np.uint64(0xFFFFFFFF)
+        h ^= h >> np.uint64(15)
+        h = (h * np.uint64(0x2C1B3C6D)) & np.uint64(0xFFFFFFFF)
+        h ^= h >> np.uint64(12)
+        spine = (h % np.uint64(S)).astype(np.int64)
+        up_key = (g * nl + ls) * S + spine
+        dn_key = (g * nl + ld) * S + spine
+        cap_up = link_cap[ls] * spine_f[spine]
+        cap_dn = link_cap[ld] * spine_f[spine]
+    else:
+        up_key = g * nl + ls
+        dn_key = g * nl + ld
+        cap_up = link_cap[ls] * spine_f.sum()
+        cap_dn = link_cap[ld] * spine_f.sum()
+    _, inv_u, cnt_u = np.unique(up_key, return_inverse=True, return_counts=True)
+    _, inv_d, cnt_d = np.unique(dn_key, return_inverse=True, return_counts=True)
+    share = np.minimum(cap_up / cnt_u[inv_u], cap_dn / cnt_d[inv_d])
+    out = rate.copy()
+    out[idx] = np.minimum(rate[idx], share)
+    return out
 
 
 def _gpu_rows(spec: SimSpec, hosts: list[str], rng: np.random.Generator) -> pd.DataFrame:

@@ -31,6 +31,15 @@ class Fabric:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     topo: object = None  # the fabricbench.topology model, when the package read the file
+    oversubscription: float | None = None  # leaf downlink : uplink capacity, when the topology says
+
+    def collisions_possible(self) -> bool:
+        """Can concurrent flows share a link and slow each other? Not on a non-blocking fabric with one spine
+        (every leaf's uplink carries all its hosts at full rate); yes with several spines (ECMP hashing may put
+        two flows on one link) or oversubscribed uplinks, and when the topology does not say."""
+        if self.oversubscription is None:
+            return True
+        return self.oversubscription > 1.0 or len(self.spines) > 1
 
     def collective_expected(self, op: str, nodes: int, per_node: int | None) -> tuple[float, str] | None:
         """Expected busbw (GB/s) of a collective from fabricbench.topology: the lowest applicable algorithm's
@@ -81,7 +90,8 @@ def _from_package(path: str) -> Fabric | None:
         return None
     fab = topo.fabric
     hosts = topo.host_names()
-    out = Fabric(name=topo.name, source=f"fabricbench.topology ({path})", topo=topo)
+    out = Fabric(name=topo.name, source=f"fabricbench.topology ({path})", topo=topo,
+                 oversubscription=float(getattr(fab, "oversubscription", 1.0) or 1.0))
     if fab.kind in ("leaf_spine", "rail_optimized") and fab.nodes_per_leaf:
         for i, host in enumerate(hosts):
             out.leaf_of[host] = f"leaf{i // fab.nodes_per_leaf + 1}"
@@ -124,6 +134,8 @@ def _from_yaml(doc: dict, path: str) -> Fabric:
             for host in hosts:
                 out.leaf_of[str(host)] = str(leaf)
         out.spines = [str(s) for s in doc.get("spines") or []]
+        if doc.get("oversubscription") is not None:
+            out.oversubscription = float(doc["oversubscription"])
     elif isinstance(doc.get("fabric"), dict):
         fab = doc["fabric"]
         names = fab.get("node_names")
@@ -139,6 +151,7 @@ def _from_yaml(doc: dict, path: str) -> Fabric:
         for i, host in enumerate(hosts):
             out.leaf_of[host] = f"leaf{i // int(per_leaf) + 1}"
         out.spines = [f"spine{s + 1}" for s in range(int(fab.get("spines") or 1))]
+        out.oversubscription = float(fab.get("oversubscription") or 1.0)
     else:
         raise UsageError(f"{path}: neither 'leaves:' nor 'fabric:' found; see docs/analyze.md for the format")
     exp = doc.get("expected_gbps")
@@ -170,5 +183,7 @@ def load_fabric(spec: str) -> Fabric:
     raise UsageError(f"{spec}: no such topology file")
 
 
-def fabric_from_leaves(leaf_of: dict[str, str], spines: int = 1, name: str = "simulated") -> Fabric:
-    return Fabric(name=name, leaf_of=dict(leaf_of), spines=[f"spine{s + 1}" for s in range(spines)], source=name)
+def fabric_from_leaves(leaf_of: dict[str, str], spines: int = 1, name: str = "simulated",
+                       oversubscription: float | None = 1.0) -> Fabric:
+    return Fabric(name=name, leaf_of=dict(leaf_of), spines=[f"spine{s + 1}" for s in range(spines)], source=name,
+                  oversubscription=oversubscription)

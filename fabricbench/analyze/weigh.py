@@ -5,7 +5,9 @@ Rules, the same for every source:
   measured in standard errors, `noise / sqrt(support)` (verdicts.confidence: logistic in that margin, capped
   when fewer than 3 independent measurements agree);
 - `chance` (the expected number of equally bad components if nothing were wrong, from the data's own tail)
-  caps confidence at 1 / (1 + chance): many tests at once make single extreme readings expected;
+  caps confidence at 1 / (1 + chance / FALSE_ALARM_BUDGET): many tests at once make single extreme readings
+  expected, and a run may spend at most about FALSE_ALARM_BUDGET expected false verdicts per source (0.5 at
+  chance = 0.01, 0.9 at chance = 0.001), so a healthy fabric exits 0 in at least ~99% of runs per source;
 - `pattern == "retest"` never becomes a verdict: it is listed for a retest;
 - `basis == "nothing"` never blames;
 - evidence about the same component from several independent sources combines (1 - prod(1 - c)), capped by the
@@ -18,6 +20,8 @@ import math
 
 from fabricbench.analyze.evidence import HOST_KINDS, Evidence
 from fabricbench.analyze.verdicts import Verdict, confidence, severity
+
+FALSE_ALARM_BUDGET = 0.01  # expected false verdicts per run a multiple-testing source may spend
 
 
 def _log(frac: float) -> float:
@@ -37,7 +41,7 @@ def evidence_confidence(ev: Evidence) -> float:
             return 0.0
         conf = confidence(d, thr, max(ev.noise, 1e-3), max(ev.support, 1))
     if ev.chance is not None:
-        conf = min(conf, 1.0 / (1.0 + max(ev.chance, 0.0)))
+        conf = min(conf, 1.0 / (1.0 + max(ev.chance, 0.0) / FALSE_ALARM_BUDGET))
     return max(0.0, min(conf, ev.cap))
 
 

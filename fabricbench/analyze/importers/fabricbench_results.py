@@ -35,8 +35,22 @@ def _read_run_json(folder: Path, ds: Dataset) -> dict:
         ds.caveats.append(f"{run_file}: unreadable ({err}); provenance ignored")
         return {}
     hosts = info.get("hosts") or []
-    if isinstance(hosts, list):
+    nodes = info.get("nodes")
+    if info.get("kind") == "pairwise-sweep" and isinstance(nodes, list) and nodes:
+        # a sweep's nodes are its plan's nodes; `hosts` are the machines that timed rows (with --local, the one
+        # launching machine, which is not a node and has no measurement of its own)
+        ds.expected_hosts |= {str(h) for h in nodes if h}
+        ds.launchers |= {str(h) for h in hosts if h and str(h) not in {str(x) for x in nodes}}
+    elif isinstance(hosts, list):
         ds.expected_hosts |= {str(h) for h in hosts if h}
+    leaves = info.get("leaves") or (info.get("simulation") or {}).get("leaves")
+    if isinstance(leaves, dict) and leaves:
+        # host -> leaf ({host: leaf}) or leaf -> [hosts] ({leaf: [host, ...]}), as sweeps and the simulator record it
+        for k, v in leaves.items():
+            if isinstance(v, list):
+                ds.leaf_of.update({str(h): str(k) for h in v})
+            elif isinstance(v, str):
+                ds.leaf_of[str(k)] = v
     for rank in info.get("ranks") or []:
         if isinstance(rank, dict) and rank.get("host"):
             ds.expected_hosts.add(str(rank["host"]))
@@ -153,6 +167,7 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
     rev = _is(direction, "b->a", n)
     bidir = _is(direction, "bidir", n)
     pingpong = _is(direction, "pingpong", n)
+    phase = np.where(rev, 1, np.where(_is(direction, "a->b", n), 0, -1)).astype(np.int8)
     src = np.where(rev, b_codes, a_codes)
     dst = np.where(rev, a_codes, b_codes)
     del rev
@@ -183,11 +198,12 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
         dst = np.concatenate([dst, a_codes[idx]])
         take = np.concatenate([np.arange(n), idx])
         bw, size, lat, rnd, rail = (x[take] for x in (bw, size, lat, rnd, rail))
+        phase = np.concatenate([phase, np.full(len(idx), -1, np.int8)])
         status, nic, err = status.take(take), nic.take(take), err.take(take)
     del a_codes, b_codes
     keep = (src >= 0) & (dst >= 0)
     if not keep.all():
-        src, dst, bw, size, lat, rnd, rail = (x[keep] for x in (src, dst, bw, size, lat, rnd, rail))
+        src, dst, bw, size, lat, rnd, rail, phase = (x[keep] for x in (src, dst, bw, size, lat, rnd, rail, phase))
         status, nic, err = status[keep], nic[keep], err[keep]
     m = len(src)
     out = pd.DataFrame({
@@ -196,6 +212,7 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
         "size": size, "bw": bw, "latency_us": lat, "round": rnd, "rail": rail,
         "nic": nic, "status": status, "error": err,
         "source": pd.Categorical.from_codes(np.zeros(m, dtype=np.int8), categories=[source]),
+        "phase": phase,
     }, copy=False)
     return out[list(PAIR_COLUMNS)]
 

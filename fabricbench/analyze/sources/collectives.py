@@ -177,6 +177,8 @@ def collectives_vs_topology(ctx: Context) -> list[Evidence]:
                              f"{expected:.4g} GB/s {exp.get('algorithm')} could reach (bound: {bound}); below the "
                              f"model but within its uncertainty for collectives (blamed below "
                              f"{100 * COLLECTIVE_FRACTION:.0f}%)")
+    if judged:  # compared with an (assumed) topology: no longer "nothing to compare them to"
+        res.inconclusive[:] = [i for i in res.inconclusive if not i.startswith("only collective results")]
     for row in judged:
         if not row["failed"]:
             continue

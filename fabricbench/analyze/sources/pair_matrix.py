@@ -1,0 +1,586 @@
+"""Evidence from pairwise bandwidth: host send/receive sides, leaf switches, leaf uplinks, single paths, failed
+pairs and intermittent NICs, from the directed min-model fit (pairfit) of the pair matrix (pairdata).
+
+Every judgement uses the noise the data shows: the fit's residual spread (1.4826 x MAD) for terms that are
+medians over many partners, and the empirical tail of single measurements (how often one reading falls this far
+below what its ends explain) for single paths, where tens of thousands of paths are tested at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fabricbench.analyze import pairdata, pairfit, tomography
+from fabricbench.analyze.evidence import Context, Evidence, source
+from fabricbench.analyze.weigh import FALSE_ALARM_BUDGET
+from fabricbench.analyze.verdicts import pct
+
+NAME = "pair-matrix"
+
+
+def _leaf_map(ctx: Context) -> tuple[dict[str, str] | None, str]:
+    """host -> leaf from --topology, else from the results themselves (sweeps and the simulator record it)."""
+    if ctx.fabric is not None and ctx.fabric.leaf_of:
+        return ctx.fabric.leaf_of, "topology"
+    if ctx.dataset.leaf_of:
+        return ctx.dataset.leaf_of, "results"
+    return None, ""
+
+
+def _retest_partners(exclude: set[int], names: list[str], healthy: np.ndarray, leaf: np.ndarray | None,
+                     k: int = 3) -> list[str]:
+    """Healthy partners on different leaves, never one of `exclude` (never a host with itself)."""
+    out: list[str] = []
+    seen: set[int] = set()
+    for j in np.flatnonzero(healthy):
+        if int(j) in exclude:
+            continue
+        lj = int(leaf[j]) if leaf is not None else -1
+        if leaf is not None and lj in seen and len(seen) < 3:
+            continue
+        seen.add(lj)
+        out.append(names[j])
+        if len(out) >= k:
+            break
+    return out
+
+
+@source(NAME, order=10)
+def pair_matrix(ctx: Context) -> list[Evidence]:
+    ds, th, res = ctx.dataset, ctx.thresholds, ctx.res
+    if not len(ds.pairs):
+        return []
+    leaf_of, leaf_src = _leaf_map(ctx)
+    over = ctx.fabric.oversubscription if ctx.fabric is not None else None
+    pd_ = pairdata.build(ds.pairs, leaf_of, th.min_spread, oversubscription=over)
+    res.notes.extend(pd_.notes)
+    names = pd_.names
+    n = len(names)
+    res.hosts = sorted(set(res.hosts) | set(names))
+    res.fleet.extend(s.as_dict() for s in pd_.stats.values())
+    res.counts.update({"pair_rows": int(len(ds.pairs)), "pair_rows_used": pd_.rows_used, "nodes": n,
+                       "directed_pairs_measured": int(np.isfinite(pd_.Y).sum())})
+    if pd_.invalid:
+        res.caveats.append(f"{pd_.invalid} pair row(s) marked ok read 0, negative or infinite bandwidth: counted as "
+                           "failed measurements (a dead direction or a broken input), not dropped")
+    if pd_.duplicates:
+        res.notes.append(f"{pd_.duplicates} repeated pair measurement(s) (same pair, size, rail in several rounds): "
+                         "the best of each is used (a degraded path cannot run faster than it is)")
+    measured = np.isfinite(pd_.Y)
+    failed_cells = len([1 for (a, b) in pd_.failed if pd_.Y[a, b] <= pairdata.FAILED_VALUE + 1e-6])
+    ok_cells = int(measured.sum()) - failed_cells
+    if measured.sum() and ok_cells <= 0.5 * measured.sum():
+        res.cluster.append({"what": "pair measurements", "basis": "data", "failed": True,
+                            "summary": f"{failed_cells} of {int(measured.sum())} measured directed pairs failed or read "
+                                       "0/invalid bandwidth: nothing healthy to compare with; the fabric (or the "
+                                       "benchmark's setup) is broken"})
+        ctx.compared("pair bandwidth", "data", "most pairs failed")
+        return []
+    if n < 3:
+        res.inconclusive.append(f"pair measurements cover {n} node(s): at least 3 are needed to tell a node from "
+                                "its partner")
+        ctx.compared("pair bandwidth", "topology" if ctx.fabric is not None and ctx.fabric.expected else "nothing",
+                     "fewer than 3 nodes: no fleet")
+        return []
+    ctx.compared("pair bandwidth", "fleet", "robust median per path class and size")
+    if pd_.failed:
+        res.caveats.append(f"{len(pd_.failed)} directed pair(s) failed to measure: each counts as 1% of the fleet "
+                           "(evidence against its ends or path); a pair that failed once with healthy ends is listed "
+                           "for a retest, one that failed in several rounds is a verdict")
+    coverage = measured.sum() / (n * (n - 1))
+    if coverage < 0.999:
+        res.notes.append(f"pair coverage {100 * coverage:.1f}% of the {n * (n - 1)} directed pairs "
+                         "(a random-K or partial sweep, or missing measurements)")
+    leaf = None
+    leaf_names: list[str] = []
+    if leaf_of:
+        leaf_names = sorted({leaf_of[h] for h in names if h in leaf_of})
+        if all(h in leaf_of for h in names) and len(leaf_names) >= 2:
+            li = {x: i for i, x in enumerate(leaf_names)}
+            leaf = np.array([li[leaf_of[h]] for h in names], dtype=np.int64)
+            if leaf_src == "results":
+                res.notes.append("leaf of each host taken from the results (no --topology)")
+        else:
+            missing = [h for h in names if h not in leaf_of]
+            if missing:
+                res.caveats.append(f"{len(missing)} measured host(s) have no known leaf (e.g. {missing[0]}): "
+                                   "uplink tomography is off")
+    if pd_.leaf_idx is not None:
+        li_ = pd_.leaf_idx
+        cls = np.where((li_[:, None] < 0) | (li_[None, :] < 0), 0,
+                       np.where(li_[:, None] == li_[None, :], 1, 2)).astype(np.int8)
+    else:
+        cls = np.zeros(pd_.Y.shape, dtype=np.int8)
+    fit = pairfit.fit(pd_.Y, leaf, explain=th.explain, floor=th.min_spread, cls=cls)
+    # "healthy enough to explain others" must be judged against the noise of a median over partners: in a small
+    # or noisy fleet a healthy host's term wanders beyond a fixed 4%, and it would be dropped as a reference
+    explain = max(th.explain, 2.0 * fit.spread * 1.2533 / math.sqrt(max(n - 1, 1)))
+    if explain > th.explain * 1.01:
+        fit = pairfit.fit(pd_.Y, leaf, explain=explain, floor=th.min_spread, cls=cls)
+    ctx.shared["explain"] = explain
+    if leaf is not None and len(leaf_names) == 2:
+        res.notes.append("two leaves: every cross-leaf path uses both leaves' uplinks, so an uplink fault is "
+                         "indistinguishable from the inter-leaf level itself; judge that level with --topology "
+                         "(expectation) or --baseline")
+    pd_.Y = fit.residual + fit.predicted
+    np.fill_diagonal(pd_.Y, np.nan)
+    for row in res.fleet:
+        c = pairdata.CLASS_NAMES.index(row["class"])
+        stats = pd_.stats.get((c, row["size"]))
+        if stats is not None and c < len(fit.offsets):
+            row["healthy_gbps"] = stats.ref_gbps * math.exp(float(fit.offsets[c]))
+            row["compared_with"] = "fleet"
+    levels = {r["class"]: r["healthy_gbps"] for r in res.fleet
+              if "healthy_gbps" in r and pd_.sizes and r["size"] == max(pd_.sizes)}
+    if "intra-leaf" in levels and "inter-leaf" in levels and levels["intra-leaf"] > 0:
+        res.counts["inter_over_intra_leaf"] = round(levels["inter-leaf"] / levels["intra-leaf"], 3)
+    rel = th.rel
+    thr_frac = 1 - th.fleet_fraction
+    spread = fit.spread
+    res.counts["pair_spread_pct"] = round(100 * spread, 3)
+    ctx.shared["pairs"] = {"data": pd_, "fit": fit, "leaf": leaf, "leaf_names": leaf_names, "cls": cls}
+    out: list[Evidence] = []
+    # --- host sides -------------------------------------------------------------------------------------
+    nic_names: dict[str, set] = {}
+    if ds.pairs["nic"].notna().any():
+        sub = ds.pairs[["src", "nic"]].dropna().drop_duplicates()
+        for h, nic in sub.itertuples(index=False):
+            nic_names.setdefault(str(h), set()).add(str(nic))
+    bad_node = np.zeros(n, dtype=bool)
+    node_ev: dict[int, Evidence] = {}
+    # Where concurrent flows can slow each other (oversubscribed uplinks, several spines under ECMP), cross-leaf
+    # paths carry the schedule's collisions and can hide a host that is slower than its share. A host's own
+    # fault shows on every path, including those inside its leaf that share no uplink: judge the host on its
+    # intra-leaf partners when it has at least 3 of them.
+    send_t, recv_t = fit.send.copy(), fit.recv.copy()
+    send_m, recv_m = fit.send_n.copy(), fit.recv_n.copy()
+    if leaf is not None and ctx.fabric is not None and ctx.fabric.collisions_possible():
+        same = leaf[:, None] == leaf[None, :]
+        Yi = np.where(same, pd_.Y, np.nan).astype(np.float32)
+        if np.isfinite(Yi).sum() >= 3:
+            fi = pairfit.fit(Yi, None, explain=explain, floor=th.min_spread)
+            enough = (np.isfinite(Yi).sum(axis=1) >= 3) & (np.isfinite(Yi).sum(axis=0) >= 3)
+            send_t = np.where(enough, fi.send, send_t)
+            recv_t = np.where(enough, fi.recv, recv_t)
+            send_m = np.where(enough, fi.send_n, send_m)
+            recv_m = np.where(enough, fi.recv_n, recv_m)
+            if enough.any():
+                spread = max(spread, fi.spread) if not enough.all() else fi.spread
+                res.notes.append("concurrent flows can collide on this fabric (oversubscription or several spines): "
+                                 "hosts judged on their intra-leaf partners, which share no uplink")
+    for i, host in enumerate(names):
+        ds_, dr = -send_t[i], -recv_t[i]
+        res.node_levels[host] = {"send": float(send_t[i]), "recv": float(recv_t[i]),
+                                 "send_n": int(send_m[i]), "recv_n": int(recv_m[i])}
+        d = max(ds_, dr)
+        m_s, m_r = int(send_m[i]), int(recv_m[i])
+        se_s = spread * 1.2533 / math.sqrt(max(m_s, 1))
+        se_r = spread * 1.2533 / math.sqrt(max(m_r, 1))
+        # the weaker side counts when it is itself clearly below healthy (beyond the fleet rule or 3 standard
+        # errors of its own median), not only when it crosses the rule: noise splits a both-ways fault unevenly
+        weak_s = ds_ > rel or (ds_ > rel / 2 and ds_ > 3 * se_s)
+        weak_r = dr > rel or (dr > rel / 2 and dr > 3 * se_r)
+        both = weak_s and weak_r
+        m = int(min(m_s, m_r) if both else (m_s if ds_ >= dr else m_r))
+        se = spread * 1.2533 / math.sqrt(max(m, 1))
+        # beyond the fleet rule and beyond what the median of m noisy partners can wander by chance
+        if d <= rel or d < th.component_sigmas * se or m < 3:
+            continue
+        bad_node[i] = True
+        row = pd_.Y[i][np.isfinite(pd_.Y[i])]
+        col = pd_.Y[:, i][np.isfinite(pd_.Y[:, i])]
+        dead_tx = row.size and np.all(row <= pairdata.FAILED_VALUE + 1e-6)
+        dead_rx = col.size and np.all(col <= pairdata.FAILED_VALUE + 1e-6)
+        direction = "both" if both else ("tx" if ds_ >= dr else "rx")
+        if both:
+            where = f"sends at {100 - pct(-ds_):.0f}% and receives at {100 - pct(-dr):.0f}% of the fleet"
+        elif direction == "tx":
+            where = f"sends at {100 - pct(-ds_):.0f}% of the fleet (receives normally): the transmit side"
+        else:
+            where = f"receives at {100 - pct(-dr):.0f}% of the fleet (sends normally): the receive side"
+        nics = sorted(nic_names.get(host, []))
+        summary = (f"{host} {where} across {m} partners: its NIC, cable or leaf port"
+                   + (" (or the host's PCIe path to it; per-NIC data would separate them)" if len(nics) <= 1 else ""))
+        fact = False
+        if dead_tx and dead_rx:
+            summary, fact = f"every measurement involving {host} failed or read 0: the host or its network attachment is down", True
+        elif dead_tx or dead_rx:
+            summary, fact = (f"every measurement {host} {'sent' if dead_tx else 'received'} failed or read 0 GB/s "
+                             f"across {m} partners: a dead {'transmit' if dead_tx else 'receive'} direction"), True
+        ident = {"host": host}
+        if nics:
+            ident["nic"] = ", ".join(nics)
+        row_failed = [names[j] for (a, j) in pd_.failed if a == i][:5]
+        worst = np.argsort(np.nan_to_num(pd_.Y[i], nan=0.0))[:3]
+        ev = Evidence(
+            source=NAME, component=host, kind="nic", deficit=1 - math.exp(-d), support=m, noise=spread,
+            basis="fleet", threshold=thr_frac, direction=direction, fact=fact, confidence=0.95 if fact else None,
+            severity="critical" if fact else None, summary=summary,
+            details=[f"send term {pct(send_t[i]):.1f}% below fleet ({m_s} partners), receive term "
+                     f"{pct(recv_t[i]):.1f}% ({m_r} partners); noise (residual spread) {100 * spread:.1f}%"]
+            + ([f"failed pairs with {', '.join(row_failed)}"] if row_failed else []),
+            measurements=[{"pair": f"{host}->{names[j]}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}
+                          for j in worst if np.isfinite(pd_.Y[i, j])],
+            identifiers=ident, hosts=[host], own_host=host)
+        node_ev[i] = ev
+    healthy = ~bad_node
+    for i, ev in node_ev.items():
+        ev.retest = [f"{names[i]}<->{p}" for p in _retest_partners({i}, names, healthy, leaf)]
+    group_ev: list[Evidence] = []
+    if leaf is None and bad_node.sum() >= 3:
+        node_ev, group_ev = _hidden_groups(node_ev, pd_.Y, names, rel)
+    if leaf is not None:
+        node_ev, group_ev = _leaf_switches(node_ev, leaf, leaf_names, names)
+    out += list(node_ev.values()) + group_ev
+    switched = {e.component for e in group_ev if e.kind == "switch"}
+    # --- leaf uplinks (tomography) --------------------------------------------------------------------------
+    bad_up: list[int] = []
+    if leaf is not None and fit.up is not None:
+        ups, bad_up = _uplinks(ctx, pd_, fit, leaf, leaf_names, names, healthy, switched)
+        out += ups
+    ctx.shared["pairs"]["bad_up"] = bad_up
+    _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls)
+    # --- single paths, failed pairs, intermittent hosts -------------------------------------------------------
+    flapping = _intermittent(ctx, pd_, names, healthy, bad_node)
+    out += flapping
+    for e in flapping:  # a flapping host explains its own paths' dips: they are not links of their own
+        healthy[names.index(e.component)] = False
+    out += _paths(ctx, pd_, fit, leaf, names, healthy, bad_up)
+    if pd_.rail_cells is not None:
+        from fabricbench.analyze.evidence import from_verdict
+        from fabricbench.analyze.matrices import node_rail
+
+        vs, mat = node_rail(pd_.rail_cells, leaf_of, pd_.nic_of, rel, spread, th.explain)
+        out += [from_verdict(v, "node-rail") for v in vs]
+        res.rail_matrix = mat
+    step = max(1, math.ceil(n / 256))  # reports show a downsampled matrix; the analysis used all of it
+    res.pair_matrix = {"names": names[::step], "values": np.where(np.isfinite(pd_.Y[::step, ::step]),
+                                                                  pd_.Y[::step, ::step], np.nan).tolist(),
+                       "step": step, "n": n}
+    return out
+
+
+def _hidden_groups(node_ev: dict[int, Evidence], Y: np.ndarray, names: list[str], rel: float):
+    """Without any leaf map: slow hosts that are healthy among themselves share a path (a leaf's uplinks)."""
+    idx = list(node_ev)
+    parent = {i: i for i in idx}
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a in idx:
+        for b in idx:
+            if a < b and np.isfinite(Y[a, b]) and np.isfinite(Y[b, a]) and Y[a, b] > -rel and Y[b, a] > -rel:
+                parent[find(a)] = find(b)
+    groups: dict[int, list[int]] = {}
+    for i in idx:
+        groups.setdefault(find(i), []).append(i)
+    out_nodes = dict(node_ev)
+    extra = []
+    for g in groups.values():
+        if len(g) < 3:
+            continue
+        members = [names[i] for i in g]
+        evs = [node_ev[i] for i in g]
+        for i in g:
+            out_nodes.pop(i, None)
+        d = float(np.median([e.deficit for e in evs]))
+        extra.append(Evidence(
+            source=NAME, component="uplink shared by " + ",".join(members[:8]) + ("..." if len(members) > 8 else ""),
+            kind="uplink", deficit=d, support=max(2, int(math.sqrt(sum(e.support for e in evs)))),
+            noise=evs[0].noise, basis="fleet", threshold=evs[0].threshold, cap=0.85, hosts=members,
+            summary=f"{len(members)} hosts read {100 * d:.0f}% low to everyone else but normal among themselves: "
+                    "they share a path, most likely their leaf switch's uplinks (give --topology to name it)",
+            details=[f"{e.component}: {100 * e.deficit:.0f}% below fleet" for e in evs][:8],
+            retest=[f"{members[0]}<->{members[1]} (should be healthy)"], identifiers={"hosts": members}))
+    return out_nodes, extra
+
+
+def _leaf_switches(node_ev: dict[int, Evidence], leaf: np.ndarray, leaf_names: list[str], names: list[str]):
+    """Most of a leaf's hosts bad together, in both directions: the leaf switch, not each host."""
+    out_nodes = dict(node_ev)
+    extra = []
+    for k, lname in enumerate(leaf_names):
+        members = [i for i in np.flatnonzero(leaf == k)]
+        badm = [i for i in members if i in node_ev]
+        if len(members) >= 2 and len(badm) >= max(2, math.ceil(0.75 * len(members))):
+            evs = [node_ev[i] for i in badm]
+            for i in badm:
+                out_nodes.pop(i)
+            extra.append(Evidence(
+                source=NAME, component=lname, kind="switch", deficit=float(np.median([e.deficit for e in evs])),
+                support=len(badm), noise=evs[0].noise, basis="fleet", threshold=evs[0].threshold, cap=0.95,
+                summary=f"{len(badm)} of {len(members)} hosts on {lname} read low to every partner: the leaf "
+                        "switch itself (or its power/firmware), not each host",
+                details=[f"{e.component}: {100 * e.deficit:.0f}% below fleet" for e in evs][:8],
+                retest=[f"{names[badm[0]]}<->{names[badm[1]]} (same leaf)"], identifiers={"switch": lname},
+                hosts=[names[i] for i in badm]))
+    return out_nodes, extra
+
+
+def _uplinks(ctx, pd_, fit, leaf, leaf_names, names, healthy, switched):
+    th = ctx.thresholds
+    rel, spread = th.rel, fit.spread
+    ok_src = fit.send > -ctx.shared["explain"]
+    ok_dst = fit.recv > -ctx.shared["explain"]
+    ev = {(e.leaf, e.direction): e for e in tomography.link_evidence(pd_.Y, leaf, ok_src, ok_dst, rel)}
+    ident_ok = tomography.identifiable(leaf)
+    spines = ctx.fabric.spines if ctx.fabric is not None else []
+    out, bad_up = [], []
+    for k, lname in enumerate(leaf_names):
+        if lname in switched:
+            continue
+        du, dd = -fit.up[k], -fit.down[k]
+        d = max(du, dd)
+        m = int(min(fit.up_n[k], fit.down_n[k]) if du > rel and dd > rel else (fit.up_n[k] if du >= dd else fit.down_n[k]))
+        m_eff = max(2, int(math.sqrt(max(m, 1))))  # independent evidence is per host and partner leaf, not per path
+        if d <= rel or d < th.component_sigmas * spread * 1.2533 / math.sqrt(m_eff):
+            continue
+        e = ev[(k, "up" if du >= dd else "down")]
+        dirs = "both directions" if du > rel and dd > rel else ("toward the spines" if du > dd else "from the spines")
+        members = [names[i] for i in np.flatnonzero(leaf == k)]
+        others = [names[i] for i in np.flatnonzero((leaf != k) & healthy)]
+        inside = [h for h in members if healthy[names.index(h)]]
+        summary = (f"{lname}'s uplinks ({dirs}): cross-leaf paths through them read {pct(-d):.0f}% low while "
+                   f"{lname}'s hosts are healthy among themselves and other leaves are healthy")
+        cap = 0.99
+        if not ident_ok:
+            cap = 0.5
+            summary += "; with only two leaves an uplink cannot be told from the other leaf's (not identifiable)"
+        if len(spines) > 1:
+            summary += f"; traffic spreads over {len(spines)} spines (ECMP/adaptive routing), so which spine port is uncertain"
+        bad_up.append(k)
+        out.append(Evidence(
+            source=NAME, component=f"{lname} uplink" + (f" ({lname}-{spines[0]})" if len(spines) == 1 else "s"),
+            kind="uplink", deficit=1 - math.exp(-d), support=m_eff, noise=spread, basis="fleet",
+            threshold=1 - th.fleet_fraction, direction="both" if dirs == "both directions" else ("up" if du > dd else "down"),
+            cap=cap, summary=summary,
+            details=[f"tomography: {e.bad_on} of {e.paths_on} measured paths through it are bad, "
+                     f"{e.bad_off} of {e.paths_off} cross-leaf paths elsewhere",
+                     f"up term {pct(fit.up[k]):.1f}%, down term {pct(fit.down[k]):.1f}% below fleet"],
+            retest=[f"{a}<->{b}" for a, b in zip(inside[:2], others[:2])],
+            identifiers={"switch": lname, "spines": spines}, hosts=members))
+    return out, bad_up
+
+
+def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
+    """Per class, the fleet level of the paths no component verdict explains (a fleet-wide shortfall must not
+    count the paths a degraded uplink or host already explains)."""
+    Y = pd_.Y
+    explained = bad_node[:, None] | bad_node[None, :]
+    if leaf is not None and bad_up:
+        badl = np.isin(leaf, bad_up)
+        explained = explained | ((leaf[:, None] != leaf[None, :]) & (badl[:, None] | badl[None, :]))
+    if pd_.row_y is None or not len(pd_.row_y) or pd_.row_size is None:
+        return
+    rc = cls[pd_.row_src, pd_.row_dst]
+    rkeep = ~explained[pd_.row_src, pd_.row_dst]
+    for row in res.fleet:
+        c = pairdata.CLASS_NAMES.index(row["class"])
+        sel = (rc == c) & (pd_.row_size == row["size"])
+        keep = sel & rkeep
+        if sel.sum() and keep.sum() >= 3 and (sel & ~rkeep).any():
+            # row_y is log(bw / this class and size's median): the median of the paths nothing explains
+            row["unexplained_median_gbps"] = row["median_gbps"] * math.exp(float(np.median(pd_.row_y[keep])))
+
+
+def _round_corunners(pd_) -> dict[int, frozenset]:
+    """Which directed pairs ran in each round (sets of (src, dst))."""
+    if pd_.row_round is None or not len(pd_.row_round):
+        return {}
+    import pandas as pd
+
+    df = pd.DataFrame({"r": pd_.row_round, "s": pd_.row_src, "d": pd_.row_dst}).drop_duplicates()
+    return {int(r): frozenset(zip(g["s"].tolist(), g["d"].tolist())) for r, g in df.groupby("r")}
+
+
+def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
+    """A single path slow beyond its ends. One reading of one path among thousands tested is expected to be
+    extreme by chance: the empirical tail of single measurements (how often a reading falls this far below what
+    its ends explain) raised to the number of independent rounds, times the paths tested, is the expected
+    number of such paths if nothing were wrong (`chance`). Rounds that repeat the same co-runners (a repeated
+    schedule: the same collisions under static routing) count once."""
+    th = ctx.thresholds
+    rel, spread = th.rel, fit.spread
+    R = fit.residual
+    out: list[Evidence] = []
+    pair_spread = np.full(R.shape, spread)
+    if bad_up:
+        cross = leaf[:, None] != leaf[None, :]
+        for k in bad_up:
+            through = cross & ((leaf[:, None] == k) | (leaf[None, :] == k)) & np.isfinite(R)
+            r = R[through]
+            if r.size >= 3:
+                s_k = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+                pair_spread[through] = np.maximum(pair_spread[through], s_k)
+    pair_thr_m = np.maximum(rel, th.pair_sigmas * pair_spread)
+    explain = ctx.shared["explain"]
+    ends_ok = ((fit.send > -explain) & healthy)[:, None] & ((fit.recv > -explain) & healthy)[None, :]
+    with np.errstate(invalid="ignore"):
+        flag = (R < -pair_thr_m) & (pd_.Y < -pair_thr_m) & ends_ok
+    # the data's own tail: residual of every single (row-level) measurement of a healthy-ended path
+    # The unit is one (path, round): the best of its sizes in that round. A dip of one measurement leaves the
+    # round's other sizes normal; a transient that lasts a round hits all of them, and the data says which.
+    tail = np.zeros(0)
+    if pd_.row_y is not None and len(pd_.row_y):
+        s, d = pd_.row_src, pd_.row_dst
+        off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
+        pred = fit.predicted[s, d]
+        ok = ends_ok[s, d] & np.isfinite(pred)
+        r = (pd_.row_y - off - np.nan_to_num(pred))[ok]
+        n = len(names)
+        rr = pd_.row_round[ok].astype(np.int64)
+        key = (s[ok].astype(np.int64) * n + d[ok]) * (int(rr.max() - rr.min()) + 1) + (rr - rr.min())
+        uk, inv = np.unique(key, return_inverse=True)
+        best = np.full(len(uk), -np.inf)
+        np.fmax.at(best, inv, r)
+        tail = np.sort(best)
+    tested = max(int((np.isfinite(R) & ends_ok).sum()), 1)
+    cls_m = ctx.shared["pairs"]["cls"]
+    corunners = _round_corunners(pd_) if flag.any() else {}
+    rounds_of: dict[tuple[int, int], set] = {}
+    if flag.any() and pd_.row_round is not None:
+        fi, fj = np.nonzero(flag)
+        want = set(zip(fi.tolist(), fj.tolist()))
+        sel = flag[pd_.row_src, pd_.row_dst]
+        for a, b, r in zip(pd_.row_src[sel].tolist(), pd_.row_dst[sel].tolist(), pd_.row_round[sel].tolist()):
+            if (a, b) in want:
+                rounds_of.setdefault((a, b), set()).add(int(r))
+    ii, jj = np.nonzero(flag)
+    if len(ii) > 500:
+        ctx.res.caveats.append(f"{len(ii)} directed pairs read low beyond their ends' terms; the 500 worst are judged")
+        order = np.argsort(R[ii, jj])[:500]
+        ii, jj = ii[order], jj[order]
+    done: set = set()
+    for i, j in zip(ii.tolist(), jj.tolist()):
+        if (i, j) in done or (i, j) in pd_.failed and pd_.Y[i, j] <= pairdata.FAILED_VALUE + 1e-6:
+            continue
+        both = bool(flag[j, i])
+        done |= {(i, j), (j, i)} if both else {(i, j)}
+        d = float(-R[i, j]) if not both else float(-max(R[i, j], R[j, i]))
+        rounds = rounds_of.get((i, j), set()) | (rounds_of.get((j, i), set()) if both else set())
+        # collisions happen where flows share links (uplinks, spines): a path inside one leaf has its ports to
+        # itself, so each of its rounds is independent; a cross-leaf path's rounds count once per co-runner set
+        intra = leaf is not None and leaf[i] == leaf[j]
+        no_collisions = ctx.fabric is not None and not ctx.fabric.collisions_possible()
+        distinct = len(rounds) if intra or no_collisions else _distinct_schedules(rounds, corunners, (i, j))
+        # how often a (path, round) of another path reads this low (its own rounds are not evidence for chance)
+        own = len(rounds_of.get((i, j), ())) + (len(rounds_of.get((j, i), ())) if both else 0)
+        below = max(int(np.searchsorted(tail, -d, side="right")) - own, 0)
+        q = (below + 1) / (len(tail) + 1) if len(tail) else 0.5
+        # independent rounds multiply; rounds that repeat a schedule may repeat a collision, so the paths of the
+        # same class that read this low in every round are counted as they are (the data says whether
+        # low readings recur)
+        same = cls_m == cls_m[i, j]
+        recurring = max(int(((R <= -d) & same & ends_ok & np.isfinite(R)).sum()) - (2 if both else 1), 0)
+        chance = max(tested * q ** max(len(rounds), 1), float(recurring)) if len(rounds) >= 2 and distinct < 2 \
+            else tested * q ** max(distinct, 1)
+        if len(rounds) >= 2 and distinct < 2:
+            distinct = 2 if recurring == 0 else 1
+        a, b = names[i], names[j]
+        comp = f"{a}<->{b}" if both else f"{a}->{b}"
+        partner = _retest_partners({i, j}, names, healthy, leaf, 1)
+        summary = (f"the path {a} {'<->' if both else '->'} {b} reads {pct(-d):.0f}% below what its ends explain "
+                   f"({a} and {b} are healthy with other partners) in {len(rounds) or 1} round(s): cables, ports or "
+                   "the route between them")
+        if distinct < 2:
+            summary += ("; measured in one round only (or rounds repeating the same co-runners): a transient or a "
+                        "recurring collision looks the same, retest to confirm")
+        out.append(Evidence(
+            source=NAME, component=comp, kind="link", deficit=1 - math.exp(-d), support=max(distinct, 1),
+            noise=float(max(pair_spread[i, j], pair_spread[j, i] if both else 0)), basis="fleet",
+            threshold=1 - math.exp(-float(pair_thr_m[i, j])), chance=chance, confidence=1.0,
+            cap=0.97 if distinct >= 2 else 0.45,
+            summary=summary,
+            details=[f"{a}->{b}: {pct(float(pd_.Y[i, j])):.1f}% below fleet, residual {pct(float(R[i, j])):.1f}% "
+                     f"in {len(rounds)} round(s) with {distinct} distinct co-runner set(s)",
+                     f"a reading this low happens to {100 * q:.3f}% of single measurements here; "
+                     f"{tested} paths tested: {chance:.2g} such paths expected by chance"]
+            + ([f"{b}->{a}: {pct(float(pd_.Y[j, i])):.1f}% below fleet"] if np.isfinite(pd_.Y[j, i]) else []),
+            measurements=[{"pair": f"{a}->{b}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}],
+            retest=[f"{a}->{b} (twice, in different rounds)"] + ([f"{a}->{partner[0]}"] if partner else []),
+            identifiers={"hosts": [a, b]}, hosts=[a, b]))
+    # failed pairs whose ends work with others
+    for (i, j), why in pd_.failed.items():
+        if not (pd_.Y[i, j] <= pairdata.FAILED_VALUE + 1e-6) or not (healthy[i] and healthy[j]):
+            continue  # measured fine another time, or an end already explains it
+        a, b = names[i], names[j]
+        nrounds = len(pd_.failed_rounds.get((i, j), set()) | pd_.failed_rounds.get((j, i), set()))
+        repeats = nrounds >= 2
+        out.append(Evidence(
+            source=NAME, component=f"{a}->{b}", kind="link", deficit=0.99, support=nrounds, noise=spread,
+            basis="data", fact=repeats, confidence=0.9 if repeats else None,
+            pattern="steady" if repeats else "retest", severity="critical",
+            summary=(f"{a}->{b} failed in {nrounds} rounds ({why[:120]}) while both ends work with others" if repeats
+                     else f"failed once ({why[:100]}) while both ends work with others: retest {a}->{b}"),
+            details=[f"failed in {nrounds} round(s)"], retest=[f"{a}->{b} (twice, in different rounds)"],
+            identifiers={"hosts": [a, b]}, hosts=[a, b]))
+    return out
+
+
+def _distinct_schedules(rounds: set, corunners: dict[int, frozenset], pair: tuple[int, int]) -> int:
+    if not corunners:
+        return len(rounds)
+    seen = set()
+    for r in rounds:
+        others = corunners.get(r, frozenset()) - {pair, (pair[1], pair[0])}
+        seen.add(others)
+    return len(seen)
+
+
+def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
+    """Dips in some rounds of a pair, others fine. Many dips on one host's paths, far more than the fleet's own
+    dip rate explains (binomial tail, times the hosts tested), is one intermittent NIC, not many links."""
+    res, th = ctx.res, ctx.thresholds
+    if pd_.worst is None:
+        return []
+    rel = th.rel
+    with np.errstate(invalid="ignore"):
+        multi = np.isfinite(pd_.worst) & np.isfinite(pd_.Y) & (pd_.support > max(1, len(pd_.sizes)))
+        dips = multi & (pd_.worst < -max(2 * rel, 3 * ctx.shared["pairs"]["fit"].spread)) & (pd_.Y > -rel)
+    out: list[Evidence] = []
+    # independent unit: a partner (a transient often hits both directions of a pair in its round at once)
+    D, Mu = dips | dips.T, multi | multi.T
+    total = int(np.triu(Mu, 1).sum())
+    if not total:
+        return out
+    p = max(float(np.triu(D, 1).sum()) / total, 1.0 / total)
+    from scipy.stats import binom
+
+    n = len(names)
+    named: set[int] = set()
+    for i in range(n):
+        if bad_node[i]:
+            continue
+        tx, rx = int(dips[i].sum()), int(dips[:, i].sum())
+        k, m = int(D[i].sum()), int(Mu[i].sum())
+        if k < 3 or m < 4:
+            continue
+        chance = n * float(binom.sf(k - 1, m, p))
+        if chance > FALSE_ALARM_BUDGET:
+            continue
+        named.add(i)
+        direction = "both" if tx >= 2 and rx >= 2 else ("tx" if tx > rx else "rx")
+        depth = float(np.nanmedian(np.concatenate([pd_.worst[i][dips[i]], pd_.worst[:, i][dips[:, i]]])))
+        out.append(Evidence(
+            source=NAME, component=names[i], kind="nic", deficit=1 - math.exp(depth), support=k, noise=0.0,
+            basis="fleet", threshold=0.0, direction=direction, pattern="intermittent", chance=chance,
+            confidence=1.0, cap=0.95,
+            summary=f"{names[i]} dips {pct(depth):.0f}% in some rounds with {k} of {m} partners and is normal in "
+                    f"others (fleet dip rate {100 * p:.1f}%): an intermittent NIC, cable or port (flapping link)",
+            details=[f"{tx} dips sending, {rx} receiving; {chance:.2g} hosts expected this bad by chance"],
+            retest=[f"watch link flaps/error counters on {names[i]}; retest {names[i]} with 3 partners, 3 rounds"],
+            identifiers={"host": names[i]}, hosts=[names[i]], own_host=names[i]))
+    di, dj = np.nonzero(dips)
+    lines = [(i, j) for i, j in zip(di.tolist(), dj.tolist()) if i not in named and j not in named]
+    for i, j in lines[:50]:
+        res.intermittent.append(f"{names[i]}->{names[j]}: one round {pct(float(pd_.worst[i, j])):.0f}% below "
+                                "fleet, its other round(s) normal (transient: retest if it recurs)")
+    if len(lines) > 50:
+        res.intermittent.append(f"... and {len(lines) - 50} more")
+    return out
