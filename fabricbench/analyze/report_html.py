@@ -239,7 +239,8 @@ def render(res, criteria: dict | None = None) -> str:
         if len(names) <= MAX_TABLE_HOSTS:
             parts.append(_matrix_table(pm["values"], names, names, "send \\ recv", "->"))
         else:
-            parts.append(f"<img alt='pair matrix' src='{_heatmap_png(pm['values'], 'directed pairs', 'receiver', 'sender', names, names)}'>")
+            img = _heatmap_png(pm["values"], "directed pairs", "receiver", "sender", names, names)
+            parts.append(f"<img alt='pair matrix' src='{img}'>")
         parts.append("<h3>Every host</h3>" + _per_host_pages(res.node_levels, pm["values"], names))
     if res.rail_matrix and res.rail_matrix.get("hosts"):
         rm = res.rail_matrix
@@ -247,7 +248,8 @@ def render(res, criteria: dict | None = None) -> str:
         if len(rm["hosts"]) <= 4 * MAX_TABLE_HOSTS:
             parts.append(_matrix_table(rm["values"], rm["hosts"], rm["rails"], "host \\ rail", "rail"))
         else:
-            parts.append(f"<img alt='host x rail' src='{_heatmap_png(rm['values'], 'host x rail', 'rail', 'host', rm['hosts'], rm['rails'])}'>")
+            img = _heatmap_png(rm["values"], "host x rail", "rail", "host", rm["hosts"], rm["rails"])
+            parts.append(f"<img alt='host x rail' src='{img}'>")
     if res.gpu_mats:
         flagged = {v.identifiers.get("host") for v in res.verdicts if v.kind in ("gpu", "nvlink")}
         show = [m for m in res.gpu_mats if m["host"] in flagged][:8] or res.gpu_mats[:2]

@@ -22,7 +22,6 @@ them. What is left ambiguous is reported as candidates, judged later against the
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -172,8 +171,10 @@ def infer_op(rows: list[Row], nranks: int | None, name: str | None = None, name_
     fitting = [(op, n) for (op, n), s in scores.items() if s == best and s > 0]
     named = canonical(name)
     ratio = usable[-1].busbw / usable[-1].algbw if usable[-1].algbw > 0 else float("nan")
-    signs = (f"busbw/algbw {ratio:.3f}, redop {usable[-1].redop or 'blank'}, root {usable[-1].root}, "
-             f"count = size/{_count_divisor(usable[-1]) or float('nan'):.3g}/{ELEMENT_BYTES.get(usable[-1].type.lower(), '?')} B")
+    last = usable[-1]
+    divisor = _count_divisor(last) or float("nan")
+    signs = (f"busbw/algbw {ratio:.3f}, redop {last.redop or 'blank'}, root {last.root}, "
+             f"count = size/{divisor:.3g}/{ELEMENT_BYTES.get(last.type.lower(), '?')} B")
     if named:
         match = [(op, n) for op, n in fitting if op == named]
         if match:
@@ -202,6 +203,3 @@ def infer_op(rows: list[Row], nranks: int | None, name: str | None = None, name_
         how += f"; candidates {', '.join(ops)}: judged against the most permissive"
     return Inference(ops, n, how, named)
 
-
-def nranks_is_plausible(n: int) -> bool:
-    return 2 <= n <= 1 << 20 and math.isfinite(n)

@@ -89,13 +89,14 @@ def nccl_logs(ctx: Context) -> list[Evidence]:
                                "driver, libibverbs, net plugin, NCCL_IB_DISABLE/NCCL_NET) before judging the fabric"})
             else:
                 for host, ranks in sorted(sock.items()):
+                    kinds = sorted({s.get("transport") or "?" for s in per_rank if s.get("host") == host})
                     evidence.append(Evidence(
                         source="nccl-logs", component=host, kind="node", deficit=0.0, support=len(ranks), noise=0.0,
                         basis="data", fact=True, confidence=0.9, hosts=[host], own_host=host,
                         summary=f"{host}: NCCL used TCP sockets (NET/Socket) on ranks {_ranks(ranks)} while the "
                                 "other hosts used the fabric: this host's RDMA stack (driver, libibverbs, port) is "
                                 "not usable",
-                        details=[f"{src}: transports {', '.join(sorted({s.get('transport') or '?' for s in per_rank if s.get('host') == host}))}"],
+                        details=[f"{src}: transports {', '.join(kinds)}"],
                         retest=[f"ibv_devinfo and ibstat on {host}; rerun with NCCL_DEBUG=INFO"],
                         identifiers={"host": host}))
         # 2. GPUDirect RDMA off where the topology has NICs next to the GPUs
@@ -117,7 +118,8 @@ def nccl_logs(ctx: Context) -> list[Evidence]:
             for host in hosts:
                 used = max((len(s.get("ib_devices") or []) for s in per_rank if s.get("host") == host), default=0)
                 if 0 < used < len(nics):
-                    names = next((s.get("ib_devices") for s in per_rank if s.get("host") == host and s.get("ib_devices")), [])
+                    names = next((s.get("ib_devices") for s in per_rank
+                                  if s.get("host") == host and s.get("ib_devices")), [])
                     evidence.append(Evidence(
                         source="nccl-logs", component=host, kind="node", deficit=1.0 - used / len(nics), support=1,
                         noise=0.0, basis=basis, fact=True, confidence=0.85, hosts=[host], own_host=host,
