@@ -64,6 +64,8 @@ def test_degraded_multi_node_all_reduce_exits_1_and_names_the_side(capsys):
     (ar,) = [c for c in doc["cluster"] if c["what"].startswith("all_reduce x16")]
     assert ar["failed"] and ar["bound"] == "the NICs"
     assert "34%" in ar["summary"] and "shortfall is between hosts" in ar["summary"]
+    assert "single-host runs on other hosts of this model reach 101%" in ar["summary"]  # its own all_reduce
+    assert doc["topology"] == "dgx-b200 (assumed, for collectives)"
     assert "assumed" in ar["summary"]
     assert any(n.startswith("topology dgx-b200 assumed") for n in doc["notes"])
     single = [e for e in doc["expected"] if e["class"].startswith("all_reduce x8")]

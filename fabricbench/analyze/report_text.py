@@ -60,7 +60,7 @@ def render(res, criteria: dict | None = None, width: int | None = None, color: b
         t.add_column("conf", no_wrap=True, min_width=4)
         t.add_column("do", no_wrap=True, overflow="ellipsis", ratio=1)
         for r in rows:
-            below = f"{r['below']} {r['vs']}".strip() if r["below"] not in ("", "fact") else (r["vs"] and f"per {r['vs']}")
+            below = f"{r['below']} {r['vs']}".strip() if r["below"] not in ("", "fact") else (r["vs"] and f"fact ({r['vs']})")
             t.add_row(_styled(r["style"], r["status"]), escape(r["what"] if wide else r["what_short"]), below or "",
                       r["conf"], "-> " + escape(r["do"]))
         con.print(t)

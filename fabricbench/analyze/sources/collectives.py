@@ -122,6 +122,7 @@ def collectives_vs_topology(ctx: Context) -> list[Evidence]:
         if topo is not None:
             assumed = why
             res.notes.append(why)
+            res.topology = res.topology or f"{topo.name} (assumed, for collectives)"
         else:
             res.notes.append(f"collectives: no topology to compare them with ({why}); give --topology")
     if topo is None:
@@ -203,6 +204,7 @@ def _which_side(row: dict, judged: list[dict]) -> str:
         return ""
     same = [r for r in singles if set(r["hosts"]) & set(row["hosts"])]
     pool = same or singles
+    pool = [r for r in pool if r["op"] == row["op"]] or pool  # the same collective first
     good = [r for r in pool if not r["failed"]]
     where = "on the same hosts" if same else "on other hosts of this model"
     if good and len(good) == len(pool):
