@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fabricbench.analyze.report_common import human_size, measured_words
+
 
 def _esc(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -9,8 +11,7 @@ def _esc(text: str) -> str:
 
 def render(res, criteria: dict | None = None) -> str:
     out = [f"# fabricbench analyze: {res.status} (exit {res.exit_code})", ""]
-    out.append(f"{len(res.hosts)} host(s); topology: {res.topology or 'none'}; counts: "
-               + ", ".join(f"{k} {v}" for k, v in res.counts.items()))
+    out.append(f"{measured_words(res)}; topology: {res.topology or 'none'}")
     out.append("")
     out.append("## Verdicts")
     out.append("")
@@ -27,11 +28,11 @@ def render(res, criteria: dict | None = None) -> str:
     if res.expected:
         out += ["", "## Measured vs expected", "", "| class | size | measured GB/s | expected GB/s | ratio |",
                 "|---|---|---|---|---|"]
-        out += [f"| {e['class']} | {e['size']} | {e['measured_gbps']:.3g} | {e['expected_gbps']:.3g} | "
+        out += [f"| {e['class']} | {human_size(e['size'])} | {e['measured_gbps']:.3g} | {e['expected_gbps']:.3g} | "
                 f"{e['ratio']:.2f} |" for e in res.expected]
     if res.fleet:
         out += ["", "## Fleet", "", "| class | size | median GB/s | spread % | count |", "|---|---|---|---|---|"]
-        out += [f"| {f['class']} | {f['size']} | {f['median_gbps']:.4g} | {f['spread_pct']:.2f} | {f['count']} |"
+        out += [f"| {f['class']} | {human_size(f['size'])} | {f['median_gbps']:.4g} | {f['spread_pct']:.2f} | {f['count']} |"
                 for f in res.fleet]
     for title, items in (("Inconclusive", res.inconclusive), ("Intermittent", res.intermittent),
                          ("Caveats", res.caveats), ("Notes", res.notes)):
