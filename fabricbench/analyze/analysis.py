@@ -180,9 +180,12 @@ def _expectation_stage(fabric: Fabric, th: Thresholds, res: Analysis) -> None:
     if not fabric.expected:
         res.notes.append(f"topology {fabric.name}: no bandwidth expectation available; judged against the fleet only")
         return
+    top = {}
+    for row in res.fleet:  # bandwidth is judged at the largest size measured (small sizes measure latency)
+        top[row["class"]] = max(top.get(row["class"], 0), int(row["size"]))
     for row in res.fleet:
         exp = fabric.expected.get(row["class"])
-        if exp is None:
+        if exp is None or int(row["size"]) != top[row["class"]]:
             continue
         # paths a component verdict explains (a degraded uplink, a bad host) are not a fleet-wide shortfall
         measured = row.get("unexplained_median_gbps", row["median_gbps"])

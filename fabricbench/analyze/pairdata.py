@@ -66,6 +66,12 @@ def node_codes(pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return codes[:n].astype(np.int32), codes[n:].astype(np.int32), [str(x) for x in uniq]
 
 
+def _nanmedian_cols(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from fabricbench.analyze.pairfit import _nanmedian_axis
+
+    return _nanmedian_axis(m, axis=0)
+
+
 def _group_median(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = pd.Series(values).groupby(key)
     med = s.median()
@@ -177,9 +183,20 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
         # best over sizes and rounds per (rail, pair): one dip of one size or one round is noise or a transient
         wide = np.int64 if nR * n * n >= 2**31 else np.int32
         flat = (rail_u.astype(wide) * n + s_u.astype(wide, copy=False)) * n + d_u.astype(wide, copy=False)
-        cube = np.full(nR * n * n, -np.inf, dtype=np.float32)
         y32 = y.astype(np.float32)
-        np.fmax.at(cube, flat, y32)
+        # best of rounds per size (a degraded path cannot run faster than it is), then the median over sizes: a
+        # small size that bursts above line rate (shaper buckets, timer granularity) or dips is outvoted, and a
+        # fault of the path shows at every size
+        if nS > 1:
+            cube_s = np.full(nS * nR * n * n, -np.inf, dtype=np.float32)
+            np.fmax.at(cube_s, size_u.astype(flat.dtype) * (nR * n * n) + flat, y32)
+            cube_s[~np.isfinite(cube_s)] = np.nan
+            cube, _c = _nanmedian_cols(cube_s.reshape(nS, nR * n * n))
+            cube = cube.astype(np.float32)
+            del cube_s, _c
+        else:
+            cube = np.full(nR * n * n, -np.inf, dtype=np.float32)
+            np.fmax.at(cube, flat, y32)
         counts = np.bincount(flat, minlength=nR * n * n)
         if counts.max() > nS:
             key = flat.astype(np.int64) * nS + size_u

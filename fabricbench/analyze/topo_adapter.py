@@ -100,6 +100,15 @@ def _from_package(path: str) -> Fabric | None:
         for sw in fab.switches or []:
             for host in sw.nodes:
                 out.leaf_of[host] = sw.name
+        # a leaf whose uplink carries less than its hosts' links is oversubscribed: the worst leaf says it
+        try:
+            rate = float(fab.link_rate) if fab.link_rate else None
+            ratios = [len(sw.nodes) * rate / float(sw.uplink_rate) for sw in fab.switches or []
+                      if sw.nodes and sw.uplink_rate and rate]
+            if ratios:
+                out.oversubscription = max(max(ratios), 1.0)
+        except (TypeError, ValueError, ZeroDivisionError):
+            pass
         children = {c for sw in fab.switches or [] for c in sw.switches}
         out.spines = [sw.name for sw in fab.switches or [] if sw.switches and sw.name not in children]
     elif fab.kind == "single_switch":

@@ -18,6 +18,7 @@ from fabricbench.analyze.weigh import FALSE_ALARM_BUDGET
 from fabricbench.analyze.verdicts import pct
 
 NAME = "pair-matrix"
+DEAD = float(np.log(0.02))  # at or below 2% of the fleet: a failed or zero reading (failed = 1%, shifted by the fit)
 
 
 def _leaf_map(ctx: Context) -> tuple[dict[str, str] | None, str]:
@@ -69,7 +70,7 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
         res.notes.append(f"{pd_.duplicates} repeated pair measurement(s) (same pair, size, rail in several rounds): "
                          "the best of each is used (a degraded path cannot run faster than it is)")
     measured = np.isfinite(pd_.Y)
-    failed_cells = len([1 for (a, b) in pd_.failed if pd_.Y[a, b] <= pairdata.FAILED_VALUE + 1e-6])
+    failed_cells = len([1 for (a, b) in pd_.failed if pd_.Y[a, b] <= DEAD])
     ok_cells = int(measured.sum()) - failed_cells
     if measured.sum() and ok_cells <= 0.5 * measured.sum():
         res.cluster.append({"what": "pair measurements", "basis": "data", "failed": True,
@@ -191,8 +192,8 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
         bad_node[i] = True
         row = pd_.Y[i][np.isfinite(pd_.Y[i])]
         col = pd_.Y[:, i][np.isfinite(pd_.Y[:, i])]
-        dead_tx = row.size and np.all(row <= pairdata.FAILED_VALUE + 1e-6)
-        dead_rx = col.size and np.all(col <= pairdata.FAILED_VALUE + 1e-6)
+        dead_tx = row.size and np.all(row <= DEAD)
+        dead_rx = col.size and np.all(col <= DEAD)
         direction = "both" if both else ("tx" if ds_ >= dr else "rx")
         if both:
             where = f"sends at {100 - pct(-ds_):.0f}% and receives at {100 - pct(-dr):.0f}% of the fleet"
@@ -458,7 +459,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         ii, jj = ii[order], jj[order]
     done: set = set()
     for i, j in zip(ii.tolist(), jj.tolist()):
-        if (i, j) in done or (i, j) in pd_.failed and pd_.Y[i, j] <= pairdata.FAILED_VALUE + 1e-6:
+        if (i, j) in done or (i, j) in pd_.failed and pd_.Y[i, j] <= DEAD:
             continue
         both = bool(flag[j, i])
         done |= {(i, j), (j, i)} if both else {(i, j)}
@@ -507,7 +508,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
     # failed pairs whose ends work with others
     for (i, j), why in pd_.failed.items():
-        if not (pd_.Y[i, j] <= pairdata.FAILED_VALUE + 1e-6) or not (healthy[i] and healthy[j]):
+        if not (pd_.Y[i, j] <= DEAD) or not (healthy[i] and healthy[j]):
             continue  # measured fine another time, or an end already explains it
         a, b = names[i], names[j]
         nrounds = len(pd_.failed_rounds.get((i, j), set()) | pd_.failed_rounds.get((j, i), set()))
