@@ -159,3 +159,13 @@ def test_sysfs_tree_as_input(capsys, tmp_path):
     assert code == 1
     assert [v["component"] for v in doc["verdicts"]] == ["gb007:mlx5_3"]
     assert round(doc["verdicts"][0]["deficit_pct"]) == 75
+
+
+def test_nvls_that_did_not_start_is_said(capsys, tmp_path):
+    text = old_format_log(hosts=2, per=2, net="IB", prefix=False).replace(
+        "NCCL version 2.3.7+cuda9.2\n",
+        "NCCL version 2.3.7+cuda9.2\nnode01:4000:4000 [0] NCCL INFO NVLS multicast support is not available on dev 0\n")
+    path = tmp_path / "nvls.log"
+    path.write_text(text)
+    code, doc = analyze(capsys, str(path))
+    assert any("NVLS did not start" in n and "not available on dev 0" in n for n in doc["notes"])

@@ -11,6 +11,9 @@ import re
 from fabricbench.analyze.model import Dataset
 
 MARK = re.compile(r"\bNCCL (?:INFO|WARN)\b")
+# "NVLS multicast support is not available on dev 0", "NVLS ... failed", "Failed to ... NVLS": NVLS did not start
+NVLS_DOWN = re.compile(r"NCCL (?:INFO|WARN).*(?:NVLS[^\n]*(?:not available|fail|disabl|error)|(?:fail|error)[^\n]*NVLS)",
+                       re.I)
 
 
 def has_nccl_log(text: str) -> bool:
@@ -26,6 +29,13 @@ def read_log(text: str, source: str) -> dict:
     record["source"] = source
     record["hosts"] = hosts
     record["note"] = nccl_log.note_line(record)
+    m = NVLS_DOWN.search(text)
+    if m:
+        end = text.find("\n", m.end())
+        line = text[m.start():end if end >= 0 else len(text)]
+        record["nvls_failed"] = re.sub(r"^NCCL (?:INFO|WARN)\s*", "", line)[:200]
+    else:
+        record["nvls_failed"] = None
     return record
 
 

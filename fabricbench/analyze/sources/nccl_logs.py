@@ -133,7 +133,8 @@ def nccl_logs(ctx: Context) -> list[Evidence]:
         if rec.get("collnet_failed"):
             res.notes.append(f"{src}: CollNet (SHARP) failed to start ({_first(rec, 'CollNet')}); NCCL fell back "
                              "to point-to-point algorithms, so collectives read below what SHARP would give")
-        nv = [w for w in rec.get("warnings") or [] if NVLS_FAIL.search(w)]
+        nv = [w for w in rec.get("warnings") or [] if NVLS_FAIL.search(w)] or (
+            [rec["nvls_failed"]] if rec.get("nvls_failed") else [])
         if nv:
             res.notes.append(f"{src}: NVLS did not start ({nv[0][:160]}); all_reduce ran without NVLink SHARP")
         if not any(s.get("transport") for s in per_rank):
