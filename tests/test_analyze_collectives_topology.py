@@ -10,7 +10,9 @@ import pytest
 
 from fabricbench.cli import main
 
-FIX = Path("/work/shared/fixtures/tool-outputs/nccl-tests")
+from tests.conftest import _fixtures_root
+
+FIX = (_fixtures_root() or Path("/nonexistent")) / "nccl-tests"
 DATA = Path(__file__).parent / "data" / "nccl-tests"
 
 

@@ -10,7 +10,9 @@ import pytest
 from fabricbench.analyze.importers import load, sniff
 from fabricbench.cli import main
 
-DEBUG = Path("/work/shared/fixtures/tool-outputs/nccl-debug")
+from tests.conftest import _fixtures_root
+
+DEBUG = (_fixtures_root() or Path("/nonexistent")) / "nccl-debug"
 LINK = Path(__file__).parent / "data" / "linkstate"
 
 

@@ -9,9 +9,9 @@ import pytest
 from fabricbench.analyze.importers.nccl_ops import Row, infer_op, name_in
 from fabricbench.analyze.importers.nccl_tests_text import parse_text
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tool-outputs" / "nccl-tests"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures/tool-outputs/nccl-tests")
+from tests.conftest import _fixtures_root
+
+FIXTURES = (_fixtures_root() or Path("/nonexistent")) / "nccl-tests"
 
 # file -> the ops its tables measured, in order (from the .src descriptions)
 EXPECTED = {
