@@ -75,7 +75,8 @@ def analyze_cmd(
     if drain:
         from fabricbench.analyze.drain import drain as do_drain
 
-        do_drain(res.verdicts, apply=apply, min_confidence=drain_confidence, echo=typer.echo)
+        do_drain(res.verdicts, measured_hosts=ds.hosts(), apply=apply, min_confidence=drain_confidence,
+                 echo=typer.echo)
     code = res.exit_code
     if code == 0 and not evaluation["cluster"]["pass"]:
         code = 1

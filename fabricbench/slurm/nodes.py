@@ -163,8 +163,9 @@ def node_info(name: str, scontrol: str | None = None) -> NodeInfo | None:
 def _check_reason(reason: str) -> str:
     if not owned(reason):
         raise UsageError(f"drain reason must start with {OWNED_PREFIX!r}")
-    if len(reason) > MAX_REASON or not reason.isprintable() or "Reason=" in reason[len(OWNED_PREFIX):]:
-        raise UsageError(f"drain reason {printable(reason)!r}: printable, at most {MAX_REASON} characters")
+    # scontrol strips double quotes from a Reason value, so one with '"' would not read back as written
+    if len(reason) > MAX_REASON or not reason.isprintable() or '"' in reason or "Reason=" in reason[len(OWNED_PREFIX):]:
+        raise UsageError(f"drain reason {printable(reason)!r}: printable, no '\"', at most {MAX_REASON} characters")
     return reason
 
 
