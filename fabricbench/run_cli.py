@@ -159,6 +159,8 @@ def register(app: typer.Typer) -> None:
         json_path: str = typer.Option(None, "--json", help="Also write nccl-tests' JSON layout (-J) here."),
         timeout: float = typer.Option(600, "--timeout", help="Stop every rank and fail after this many seconds."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no table (files are still written)."),
+        allow_many_ranks: bool = typer.Option(False, "--allow-many-ranks", help="Start --nprocs ranks even above "
+                                              "this machine's limit (4 per core, 256 MiB of memory each)."),
     ) -> None:
         """Run collective and P2P benchmarks: locally on N ranks, or as one rank under torchrun/srun/mpirun."""
         from fabricbench.backends import resolve_backend
@@ -187,8 +189,10 @@ def register(app: typer.Typer) -> None:
         cfg.backend = resolved
         n = nprocs if nprocs is not None else _default_nprocs()
         validate_for_ranks(cfg, resolved, n)
+        from fabricbench.launch.local import check_nprocs, launch
+
+        check_nprocs(n, allow_many_ranks)
         _check_writable_dir(Path(cfg.out_dir), "--out")
-        from fabricbench.launch.local import launch
 
         raise typer.Exit(launch(cfg, n, resolved))
 

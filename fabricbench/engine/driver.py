@@ -477,7 +477,7 @@ class Heartbeat:
             self._write()
 
 
-def finalize_failed_run(out_dir: str | os.PathLike, error: str) -> None:
+def finalize_failed_run(out_dir: str | os.PathLike, error: str, status: str = "failed") -> None:
     """Mark run.json of a run that died part-way (its results.parquet keeps every completed size)."""
     import json
 
@@ -486,5 +486,5 @@ def finalize_failed_run(out_dir: str | os.PathLike, error: str) -> None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         record = {}
-    record.update(status="failed", error=error, end_time=now_iso())
+    record.update(status=status, error=error, end_time=now_iso())
     atomic_write_json(path, record)
