@@ -49,9 +49,12 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
     min_b, max_b = parse_size(minbytes, "-b/--minbytes"), parse_size(maxbytes, "-e/--maxbytes")
     step_b = parse_size(stepbytes, "-i/--stepbytes") if stepbytes is not None else None
     size_sweep(min_b, max_b, stepfactor, step_b)
+    from fabricbench import limits
+
     for value, option in ((iters, "-n/--iters"), (timeout, "--timeout")):
         if value <= 0:
             raise UsageError(f"{option} must be positive, got {value}")
+    limits.positive(timeout, "--timeout", hi=30 * 86400)  # nan and inf too
     for value, option in ((warmup, "-w/--warmup"), (check, "-c/--check"), (root, "-r/--root")):
         if value < 0:
             raise UsageError(f"{option} must be 0 or more, got {value}")

@@ -20,8 +20,10 @@ def _parse_size(text: str) -> int:
             break
     try:
         value = int(float(t) * mult)
-    except ValueError:
+    except (ValueError, OverflowError):  # '1e400' is inf
         raise UsageError(f"--sizes: {text!r} is not a size (e.g. 256M, 1G)") from None
+    if value > 1 << 40:
+        raise UsageError(f"--sizes: {text!r} is above the 1 TiB limit")
     if value <= 0:
         raise UsageError(f"--sizes: {text!r} must be positive")
     return value
@@ -106,8 +108,12 @@ def simulate_cmd(
         raise UsageError("simulate: --nodes >= 2, --leaves/--spines/--rails/--repeats >= 1, --gpus >= 0")
     if not 0 <= noise < 1 or not 0 <= intermittent < 1:
         raise UsageError("simulate: --noise and --intermittent must be in [0, 1)")
+    from fabricbench.analyze.simulate_limits import check_simulation
+
+    size_list = [_parse_size(s) for s in sizes.split(",") if s.strip()]
+    check_simulation(nodes, leaves, spines, rails, gpus, repeats, len(size_list), pattern)
     spec = SimSpec(nodes=nodes, leaves=leaves, spines=spines, rails=rails, gpus=gpus, pattern=pattern,
-                   sizes=[_parse_size(s) for s in sizes.split(",") if s.strip()], repeats=repeats, noise=noise,
+                   sizes=size_list, repeats=repeats, noise=noise,
                    intermittent=intermittent, seed=seed, faults=[parse_fault(f) for f in fault or []])
     if topology:
         from fabricbench.analyze.topo_adapter import load_fabric

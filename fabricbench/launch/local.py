@@ -23,7 +23,7 @@ from pathlib import Path
 from fabricbench.engine.config import ENV as CONFIG_ENV
 from fabricbench.engine.config import RunConfig
 from fabricbench.engine.driver import PROGRESS_ENV, finalize_failed_run
-from fabricbench.errors import RunFailed, UsageError
+from fabricbench.errors import RunFailed, Terminated, UsageError
 from fabricbench.launch.progress import RunProgress
 
 POLL_S = 0.05
@@ -100,12 +100,6 @@ def _is_open_mpi(mpirun: str) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return "Open MPI" in out or "OpenRTE" in out
-
-
-class Terminated(RunFailed):
-    """The launcher got SIGTERM: every rank was stopped, results kept. Exit 143 (128 + 15), as a shell reports."""
-
-    exit_code = 143
 
 
 def _on_sigterm(signum, frame) -> None:
