@@ -182,13 +182,15 @@ def load_json(path, what: str = "JSON file", max_bytes: int = MAX_INPUT_BYTES, a
 
 
 def writable_output(path, what: str = "--out") -> Path:
-    """Refuse an output file path that is a directory or whose parent is missing, before any work is done."""
+    """Refuse, before any work is done, an output file path that is a directory or a device/FIFO (an atomic
+    rename would replace the device node)."""
     p = Path(path)
-    if p.is_dir():
+    try:
+        st = os.stat(p)
+    except OSError:
+        return p  # a new file: the write itself reports a parent it cannot create or a full filesystem
+    if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{what} {_display(p)} is a directory; give a file name")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{what} {_display(p)}: the directory {_display(parent)} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {_display(p)}: cannot write in {_display(parent)} (permission denied)")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{what} {_display(p)} is not a regular file; give a file name")
     return p

@@ -196,8 +196,11 @@ def register(app: typer.Typer) -> None:
 
         check_nprocs(n, allow_many_ranks)
         _check_writable_dir(Path(cfg.out_dir), "--out")
+        from fabricbench.results.io import results_lock
 
-        raise typer.Exit(launch(cfg, n, resolved))
+        with results_lock(cfg.out_dir, cfg.command_line):  # a second writer of the same --out fails at once
+            code = launch(cfg, n, resolved)
+        raise typer.Exit(code)
 
     @app.command("ops")
     def list_ops() -> None:

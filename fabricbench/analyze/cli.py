@@ -55,6 +55,11 @@ def analyze_cmd(
         raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if apply and not drain:
         raise UsageError("--apply only makes sense with --drain")
+    from fabricbench import limits
+
+    limits.number(drain_confidence, "--drain-confidence", lo=0, hi=1)
+    if out:
+        limits.writable_output(out, "--out")
     crit = crit_mod.load_criteria(criteria) if criteria else crit_mod.default()
     th = Thresholds.from_dict(crit.thresholds) if crit.thresholds else Thresholds()
     fabric = load_fabric(topology) if topology else None

@@ -467,8 +467,11 @@ class Heartbeat:
         if not self.directory:
             return
         d = self.driver
-        try:
-            Path(self.directory, f"rank{d.rank}").write_text(f"{d.calls}\t{d.phase}\n")
+        try:  # temp + rename: the launcher never reads half a line (no fsync: a heartbeat is transient)
+            path = Path(self.directory, f"rank{d.rank}")
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(f"{d.calls}\t{d.phase}\n")
+            os.replace(tmp, path)
         except OSError:
             pass
 

@@ -182,7 +182,14 @@ def register(app: typer.Typer) -> None:
     submit_params += [p for p in _slurm_params() if p.name not in names]
 
     def submit_body(kw: dict) -> None:
+        import contextlib
+
+        with contextlib.ExitStack() as held:  # the results directory's lock, once it exists
+            _submit(kw, held)
+
+    def _submit(kw: dict, held) -> None:
         _check_numbers(kw)
+        from fabricbench.results.io import results_lock
         from fabricbench.run_cli import build_config, validate_for_ranks
         from fabricbench.slurm.submit import check_out, ensure_shared, run_args_from, run_script, submit_and_follow
 
@@ -201,6 +208,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(script, nl=False)
             return
         out = check_out(out)
+        held.enter_context(results_lock(out, ["fabricbench", *sys.argv[1:]]))
         ensure_shared(out)
         meta = {"kind": "run", "run_id": cfg.run_id, "command_line": ["fabricbench", *sys.argv[1:]],
                 "nodes": spec.nodes, "ranks": nranks}
@@ -417,7 +425,15 @@ def _plan_retest(out: Path):
 
 
 def _sweep(kw: dict) -> None:
+    import contextlib
+
+    with contextlib.ExitStack() as held:  # the results directory's lock, once it exists
+        _sweep_body(kw, held)
+
+
+def _sweep_body(kw: dict, held) -> None:
     from fabricbench.engine.provenance import now_iso
+    from fabricbench.results.io import results_lock
     from fabricbench.results import atomic_write_json
     from fabricbench.run_cli import new_run_id
 
@@ -444,6 +460,7 @@ def _sweep(kw: dict) -> None:
         nodes = [f"node{i}" for i in range(n)]
         plan = _build_plan(config, nodes, str(out), run_id, local=True, tasks_per_node=tpn)
         out = check_out(out)
+        held.enter_context(results_lock(out, command_line))
         plan.out_dir = str(out)
         started = now_iso()
         atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
@@ -485,6 +502,7 @@ def _sweep(kw: dict) -> None:
         typer.echo(script, nl=False)
         return
     out = check_out(out)
+    held.enter_context(results_lock(out, command_line))
     ensure_shared(out)
     atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
                                            "command_line": command_line, "start_time": now_iso()})

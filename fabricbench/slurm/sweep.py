@@ -59,12 +59,9 @@ class Plan:
     extra: dict = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        from fabricbench.atomic import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(asdict(self), indent=1) + "\n")  # fsynced, directory too
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
