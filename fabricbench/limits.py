@@ -154,8 +154,8 @@ def parse_yaml(text: str, what: str):
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UsageError(f"{what}: not valid YAML{where}: {problem}") from None
-    except (RecursionError, MemoryError, ValueError, OverflowError) as err:
-        raise UsageError(f"{what}: cannot be read as YAML ({type(err).__name__})") from None
+    except (RecursionError, MemoryError, ValueError, OverflowError) as err:  # e.g. a 5000-digit number
+        raise UsageError(f"{what}: cannot be read as YAML ({' '.join(str(err).split())[:120] or type(err).__name__})") from None
 
 
 def load_yaml(path, what: str = "YAML file", max_bytes: int = MAX_INPUT_BYTES):

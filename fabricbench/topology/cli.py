@@ -66,9 +66,15 @@ def list_cmd() -> None:
     from fabricbench.topology.load import list_topologies, load_topology
     from fabricbench.topology.table import render
 
+    from fabricbench.errors import UsageError
+
     rows = []
     for name, path in list_topologies().items():
-        topo = load_topology(str(path))
+        try:
+            topo = load_topology(str(path))
+        except UsageError as err:  # one bad file in $FABRICBENCH_TOPOLOGIES must not hide the others
+            rows.append([name, "-", "invalid", " ".join(str(err).split())[:90]])
+            continue
         rows.append([name, len(topo.host_names()), topo.fabric.kind, topo.description[:90]])
     typer.echo(render(["name", "hosts", "fabric", "description"], rows))
 
