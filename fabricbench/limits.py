@@ -31,15 +31,16 @@ def number(value, field: str, *, lo: float | None = None, hi: float | None = Non
         try:
             value = float(value)
         except (TypeError, ValueError, OverflowError):
-            raise UsageError(f"{field}: {str(value)[:40]!r} is not a number") from None
+            raise UsageError(f"{field} must be a number, got {str(value)[:40]!r}") from None
     if isinstance(value, float) and not math.isfinite(value):
-        raise UsageError(f"{field}: {value} is not a finite number")
+        raise UsageError(f"{field} must be a finite number, got {value}")
     if integer and value != int(value):
-        raise UsageError(f"{field}: {value} must be a whole number")
+        raise UsageError(f"{field} must be a whole number, got {value}")
     if lo is not None and (value <= lo if lo_open else value < lo):
-        raise UsageError(f"{field}: {value:g} must be {'above' if lo_open else 'at least'} {lo:g}")
+        bound = "positive" if lo_open and lo == 0 else f"above {lo:g}" if lo_open else f"at least {lo:g}"
+        raise UsageError(f"{field} must be {bound}, got {value:g}")
     if hi is not None and value > hi:
-        raise UsageError(f"{field}: {value:g} is above the limit {hi:g}")
+        raise UsageError(f"{field} {value:g} is above the limit {hi:g}")
     return value
 
 

@@ -92,6 +92,9 @@ def validate_for_ranks(cfg, backend: str, nranks: int) -> None:
 
     if nranks < 1:
         raise UsageError(f"--nprocs must be at least 1, got {nranks}")
+    from fabricbench.engine.inject import check_world
+
+    check_world(nranks)
     group_size = nranks
     if cfg.split:
         from fabricbench.engine.split import groups_of

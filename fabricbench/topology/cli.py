@@ -236,12 +236,26 @@ def discover_cmd(
     link_rate: Optional[str] = typer.Option(None, "--link-rate", help="Fabric link rate when no source gives one."),
 ) -> None:
     """Build a topology from tool outputs (live or saved) and say what could not be read."""
+    import re
+
+    from fabricbench.errors import UsageError
     from fabricbench.topology.discover import discover
     from fabricbench.topology.load import dump_topology
 
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,99}", name):  # it goes into the file's comment header
+        raise UsageError(f"--name {name!r}: letters, digits, '.', '_', '-' and spaces only (at most 100)")
     topo, report = discover(nvidia_smi_topo=nvidia_smi_topo, nccl_xml=nccl_xml, slurm_topology=slurm_topology,
                             ibnetdiscover=ibnetdiscover, sysfs_root=sysfs_root, local=local, name=name,
                             link_rate=link_rate)
+    from fabricbench.topology.graph import build_graph
+
+    try:  # what `topo validate` checks: never write a file it would refuse
+        build_graph(topo)
+    except UsageError as err:
+        for line in report:
+            typer.echo(f"discover: {line}", err=True)
+        raise UsageError(f"the discovered topology is incomplete ({' '.join(str(err).split())[:200]}); add the "
+                         "missing source or --link-rate RATE (e.g. 400Gb/s); nothing written") from None
     text = dump_topology(topo)
     for line in report:
         typer.echo(f"discover: {line}", err=True)

@@ -138,5 +138,6 @@ def load_topology(spec: str | os.PathLike) -> Topology:
 
 def dump_topology(topo: Topology) -> str:
     data = topo.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
-    header = f"# fabricbench topology: {topo.name}\n# format: docs/topology.md\n"
+    shown = "".join(ch if ch.isprintable() else " " for ch in topo.name)  # a comment stays one line
+    header = f"# fabricbench topology: {shown}\n# format: docs/topology.md\n"
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)

@@ -75,7 +75,7 @@ def _kinds(col) -> set:
 
 
 TEXT_COLUMNS = {"node_a", "node_b", "host", "run_id", "op", "direction", "status", "row_kind", "nic", "peer", "kind",
-                "error", "group"}
+                "error"}
 
 
 def _check_types(schema, cols: list[str], parquet: Path) -> None:
