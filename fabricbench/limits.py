@@ -1,5 +1,5 @@
 """Limits on untrusted input: numbers (finite, in range, named), input files (regular, bounded) and YAML
-(no aliases, no duplicate keys, bounded depth). Every refusal is a UsageError naming the field or file.
+(aliases bounded, no duplicate keys, bounded depth). Every refusal is a UsageError naming the field or file.
 
 The operator's options are trusted to mean what they say, but not to be sane: `--timeout nan`, `--poll -1`,
 `-e 1T -i 1` are refused before anything starts. Files (results, tool outputs, topologies, criteria,
@@ -111,17 +111,57 @@ def check_depth(obj, what: str, limit: int = MAX_DEPTH) -> None:
             stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
 
 
+MAX_YAML_VALUES = 200_000  # values in a YAML document once its aliases are expanded
+
+
+def _expanded_size(root, limit: int) -> None:
+    """Refuse a composed YAML document whose aliases expand to more than `limit` values (billion laughs) or
+    refer to themselves. Iterative, memoized on shared nodes: cheap however the aliases are nested."""
+    import yaml
+
+    memo: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.MappingNode):
+            children = [c for pair in node.value for c in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if finished:
+            open_nodes.discard(key)
+            memo[key] = 1 + sum(memo[id(c)] for c in children)
+            if memo[key] > limit:
+                raise yaml.constructor.ConstructorError(None, None, f"aliases expand to more than {limit} values",
+                                                        node.start_mark)
+            continue
+        if key in memo:
+            continue
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_nodes:
+                raise yaml.constructor.ConstructorError(None, None, "an alias refers to itself", child.start_mark)
+            if id(child) not in memo:
+                stack.append((child, False))
+
+
 def _yaml_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """SafeLoader that refuses aliases (no billion laughs), duplicate keys and deep nesting."""
+        """SafeLoader bounding what aliases expand to (no billion laughs), refusing duplicate keys and deep nesting."""
+
+        def compose_document(self):
+            node = super().compose_document()
+            if node is not None:
+                _expanded_size(node, MAX_YAML_VALUES)
+            return node
 
         def compose_node(self, parent, index):
-            if self.check_event(yaml.events.AliasEvent):
-                event = self.peek_event()
-                raise yaml.constructor.ConstructorError(None, None, "aliases (*name) are not accepted",
-                                                        event.start_mark)
             depth = getattr(self, "_fb_depth", 0) + 1
             if depth > MAX_DEPTH:
                 raise yaml.constructor.ConstructorError(None, None, f"nested more than {MAX_DEPTH} levels deep",
@@ -152,7 +192,7 @@ def parse_yaml(text: str, what: str):
         return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UsageError(f"{what}: not valid YAML{where}: {problem}") from None
     except (RecursionError, MemoryError, ValueError, OverflowError) as err:  # e.g. a 5000-digit number

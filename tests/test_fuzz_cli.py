@@ -167,7 +167,7 @@ TOPO = (REPO / "topologies" / "cpu-node.yaml").read_text()
 @FUZZ
 @given(key=st.sampled_from(["nodes: 4", "ranks_per_node: 2", "numa_nodes: 2", "rate: 100 Gb/s", "kind: single_switch",
                             "name: cpu-node"]),
-       value=st.one_of(st.sampled_from(["9" * 5000, "9" * 4000, ".nan", "-1", "0", "1e400", "*x", "&a [1]", "{",
+       value=st.one_of(st.sampled_from(["9" * 5000, "9" * 4000, ".nan", "-1", "0", "1e400", "*x", "&a [1]", "&a [*a]", "{",
                                         "'\\n'", "[" * 200]), st.text(max_size=12)))
 @example(key="nodes: 4", value="9" * 5000)
 def test_topology_files(tmp_path_factory, key, value):
@@ -265,3 +265,36 @@ def test_drain_node_names(name):
     assert ok == name and not set(name) & set("[],; \t\n$`'\"\\|&<>(){}*?!#~=")
     assert nodes.shell_line(["scontrol", "update", f"NodeName={name}"]).count(" ") == 2
 
+
+
+@FUZZ
+@given(which=st.sampled_from(["sweep.json", "plan.json", "run.json", "job.json"]), doc=json_values())
+@example(which="sweep.json", doc={"config": 5})
+@example(which="plan.json", doc={"version": 1, "zzz": 1})
+def test_collect_on_damaged_sweep_directories(tmp_path_factory, which, doc):
+    from fabricbench.slurm.sweep import Plan
+
+    work = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
+    Plan(run_id="r", out_dir=str(work), nodes=["a", "b"], rounds=[], sizes=[1024]).save(work / "plan.json")
+    (work / which).write_text(json.dumps(doc))
+    code, _, err = cli("collect", work)
+    check(code, err, work)
+
+
+DISCOVER_SOURCES = {"--nvidia-smi-topo": "nvidia-smi-topo", "--nccl-xml": "nccl-topo-xml",
+                    "--slurm-topology": "slurm-topology", "--ibnetdiscover": "slurm-topology"}
+
+
+@FUZZ
+@given(option=st.sampled_from(sorted(DISCOVER_SOURCES)), cut=st.integers(0, 4000), junk=st.binary(max_size=64))
+def test_topo_discover_on_damaged_tool_outputs(tmp_path_factory, option, cut, junk):
+    files = sorted((FIXTURES / DISCOVER_SOURCES[option]).glob("*.txt")) if FIXTURES.is_dir() else []
+    base = files[cut % len(files)].read_bytes() if files else b""
+    work = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
+    src = work / "in.txt"
+    src.write_bytes(base[:cut] + junk + base[cut:cut + 3000])
+    code, _, err = cli("topo", "discover", "--no-local", option, src, "-o", work / "t.yaml")
+    check(code, err, work)
+    if code == 0:  # what discover writes, validate accepts
+        code, _, err = cli("topo", "validate", work / "t.yaml")
+        assert code == 0, err

@@ -136,7 +136,7 @@ LAUGHS = "evidence:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     (lambda s: s.replace("nodes: 4", "nodes: " + "9" * 5000), "cannot be read as YAML"),
     (lambda s: s.replace("nodes: 4", "nodes: " + "9" * 4000), "fabric.nodes"),
     (lambda s: s.replace("ranks_per_node: 2", "ranks_per_node: 100000000"), "ranks_per_node"),
-    (lambda s: LAUGHS + s, "aliases"),
+    (lambda s: LAUGHS + s, "aliases expand to more than"),
     (lambda s: s + "name: again\n", "duplicate key 'name'"),
     (lambda s: s + "sources: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than"),
 ])
