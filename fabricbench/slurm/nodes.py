@@ -31,10 +31,11 @@ OWNED_PREFIX = "fabricbench:{auto}"
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 MAX_REASON = 200
 _TIMEOUT_S = 30
-# Node states in which a reason means someone took the node out of service.
+# Node states in which someone (or Slurm) took the node out of service: without our reason, left alone.
+# (NOT_RESPONDING alone is not one: slurmd misses a ping now and then; Slurm itself sets DOWN with a reason.)
 _OUT_OF_SERVICE = {"DRAIN", "DRAINED", "DRAINING", "DOWN", "FAIL", "FAILING", "MAINT", "REBOOT_REQUESTED",
                    "REBOOT_ISSUED", "POWER_DOWN", "POWERED_DOWN", "POWERING_DOWN", "FUTURE", "INVALID_REG",
-                   "INVALID", "UNKNOWN", "NO_RESPOND", "NOT_RESPONDING"}
+                   "INVALID", "UNKNOWN"}
 
 
 def printable(text: object, limit: int = 200) -> str:
