@@ -70,3 +70,32 @@ def test_reason_must_be_owned_printable_and_unquoted():
     for bad in ("maint: x", nodes.OWNED_PREFIX + " a\nb", nodes.OWNED_PREFIX + ' "q"', nodes.OWNED_PREFIX + "x" * 300):
         with pytest.raises(UsageError):
             nodes.drain_argv("lab1", bad)
+
+
+def fake_scontrol(tmp_path, body: str):
+    script = tmp_path / "scontrol"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    nodes._json_supported.pop(str(script), None)
+    return str(script)
+
+
+def test_json_output_where_slurm_has_it(tmp_path):
+    doc = ('{"nodes": [{"name": "lab3", "state": ["IDLE", "DRAIN"], "reason": "maint: bios", '
+           '"reason_set_by_user": "alice"}]}')
+    exe = fake_scontrol(tmp_path, f"[ \"$1\" = --json ] && echo '{doc}' && exit 0\nexit 1\n")
+    info = nodes.node_info("lab3", scontrol=exe)
+    assert info.states == {"IDLE", "DRAIN"} and info.reason == "maint: bios" and info.reason_user == "alice"
+    assert nodes.node_info("lab4", scontrol=exe) is None  # a record for another name is not this node
+    out = nodes.drain("lab3", nodes.OWNED_PREFIX + " x", apply=True, echo=lambda _: None, measured_hosts={"lab3"},
+                      scontrol=exe)
+    assert out.action == "skipped" and "someone else" in out.why
+
+
+def test_one_line_output_must_name_exactly_one_node(tmp_path):
+    two = ("NodeName=lab3 Arch=x State=IDLE ThreadsPerCore=1\nNodeName=lab3 Arch=x State=IDLE ThreadsPerCore=1\n")
+    exe = fake_scontrol(tmp_path, f"[ \"$1\" = --json ] && echo \"unrecognized option '--json'\" >&2 && exit 1\n"
+                                  f"printf '{two}'\n")
+    assert nodes.node_info("lab3", scontrol=exe) is None
+    exe = fake_scontrol(tmp_path, "[ \"$1\" = --json ] && exit 1\necho 'NodeName=lab3x Arch=x State=IDLE T=1'\n")
+    assert nodes.node_info("lab3", scontrol=exe) is None
