@@ -187,6 +187,8 @@ def test_discovery_from_topology_conf_writes_a_file_validate_accepts(fixtures_di
     (["run", "--nprocs", "2", "--timeout", "nan"], "--timeout must be a finite number"),
     (["sweep", "pairwise", "--local", "--nodes", "100000", "--out", "X"], "--nodes 100000 is above the limit"),
     (["sweep", "pairwise", "--local", "--nodes", "0", "--out", "X"], "--nodes must be at least 1"),
+    (["sweep", "pairwise", "--local", "--nodes", "2", "--timeout", "nan", "--out", "X"], "--timeout must be a finite"),
+    (["sweep", "pairwise", "--nodes", "2", "--pair-timeout", "inf", "--dry-run"], "--pair-timeout"),
     (["submit", "all_reduce", "--nodes", "2", "--ntasks-per-node", "0", "--dry-run"], "--ntasks-per-node"),
     (["submit", "all_reduce", "--nodes", "2", "--poll", "-1", "--dry-run"], "--poll must be positive"),
     (["submit", "all_reduce", "--nodes", "2", "--timeout", "inf", "--dry-run"], "--timeout"),

@@ -95,7 +95,7 @@ def _check_numbers(kw: dict) -> None:
     checks = (("poll", "--poll", 0, 3600, True), ("nodes", "--nodes", 1, limits.MAX_NODES, False),
               ("ntasks_per_node", "--ntasks-per-node", 1, limits.MAX_RANKS_PER_NODE, False),
               ("gpus_per_node", "--gpus-per-node", 0, limits.MAX_RANKS_PER_NODE, False),
-              ("pair_timeout", "--pair-timeout", 0, 86400, True), ("connect_timeout", "--connect-timeout", 0, 86400, True),
+              ("timeout", "--timeout", 0, 30 * 86400, True), ("pair_timeout", "--pair-timeout", 0, 86400, True), ("connect_timeout", "--connect-timeout", 0, 86400, True),
               ("retest_below", "--retest-below", 0, 1, True), ("partners", "--partners", 1, limits.MAX_NODES, False),
               ("repeat", "--repeat", 1, 1000, False))
     for key, option, lo, hi, lo_open in checks:
