@@ -232,3 +232,11 @@ def test_collect_on_a_corrupt_sweep(tmp_path, capsys, damage):
     assert not (tmp_path / "results.parquet").exists()
 
 
+
+
+@pytest.mark.parametrize("option", ["--nvidia-smi-topo", "--nccl-xml", "--slurm-topology", "--ibnetdiscover"])
+def test_discover_sources_refuse_devices_and_fifos(tmp_path, capsys, option):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for source in ("/dev/zero", fifo):
+        one_line_exit_2(capsys, "topo", "discover", "--no-local", option, source, fragment="not a regular file")
