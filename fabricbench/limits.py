@@ -59,7 +59,7 @@ def check_regular(path, what: str = "input", max_bytes: int = MAX_INPUT_BYTES) -
     try:
         st = os.stat(path)
     except OSError as err:
-        raise UsageError(f"{what} {_display(path)}: {err.strerror or err}") from None
+        raise UsageError(f"{what} {_display(path)}: cannot read ({err.strerror or err})") from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (FIFO, device or socket)"
         raise UsageError(f"{what} {_display(path)}: {kind}; give a regular file")
@@ -75,14 +75,14 @@ def read_bytes(path, what: str = "input", max_bytes: int = MAX_INPUT_BYTES) -> b
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as err:
-        raise UsageError(f"{what} {_display(path)}: {err.strerror or err}") from None
+        raise UsageError(f"{what} {_display(path)}: cannot read ({err.strerror or err})") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between stat and open
             raise UsageError(f"{what} {_display(path)}: not a regular file; give a regular file")
         with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(max_bytes + 1)
     except OSError as err:
-        raise UsageError(f"{what} {_display(path)}: {err.strerror or err}") from None
+        raise UsageError(f"{what} {_display(path)}: cannot read ({err.strerror or err})") from None
     finally:
         os.close(fd)
     if len(data) > max_bytes:
