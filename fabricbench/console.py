@@ -24,12 +24,23 @@ def new_app(help_text: str) -> typer.Typer:
 
 
 def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
+    # a non-UTF-8 file name (surrogate escapes) is shown escaped, never an encoding error
+    return " ".join(str(message).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _tolerant_streams() -> None:
+    """Text that cannot be encoded (file names that are not UTF-8) is escaped on stdout/stderr, not fatal."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # replaced by a test harness or not a text stream
+            pass
 
 
 def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     """Run `app` and exit: 0 ok, the command's own code, 2 for bad input (one line), 130 for Ctrl-C."""
     args = sys.argv[1:] if argv is None else argv
+    _tolerant_streams()
     try:
         # Outside standalone mode typer returns the code of an Exit (and 130 for Ctrl-C) instead of raising.
         code = app(args=args, prog_name="fabricbench", standalone_mode=False)
@@ -44,6 +55,10 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USAGE if isinstance(err, ClickUsageError) else err.exit_code)
     except typer.Exit as err:
         sys.exit(err.exit_code)
+    except (RecursionError, MemoryError) as err:  # last line of defence: readers bound depth and size themselves
+        typer.echo(f"fabricbench: error: an input is too large or too deeply nested ({type(err).__name__}); "
+                   "check the files given", err=True)
+        sys.exit(EXIT_USAGE)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("fabricbench: interrupted", err=True)
         sys.exit(130)

@@ -24,3 +24,10 @@ class RunFailed(FabricbenchError):
     """A run that started but did not succeed (rank died, hung, wrong data). Exit code 1."""
 
     exit_code = EXIT_FAILED
+
+
+class Terminated(FabricbenchError):
+    """The command got SIGTERM and stopped cleanly (ranks stopped, job cancelled, results kept). Exit 143
+    (128 + 15), what a shell reports for a process ended by SIGTERM."""
+
+    exit_code = 143

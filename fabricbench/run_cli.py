@@ -49,9 +49,12 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
     min_b, max_b = parse_size(minbytes, "-b/--minbytes"), parse_size(maxbytes, "-e/--maxbytes")
     step_b = parse_size(stepbytes, "-i/--stepbytes") if stepbytes is not None else None
     size_sweep(min_b, max_b, stepfactor, step_b)
+    from fabricbench import limits
+
     for value, option in ((iters, "-n/--iters"), (timeout, "--timeout")):
         if value <= 0:
             raise UsageError(f"{option} must be positive, got {value}")
+    limits.positive(timeout, "--timeout", hi=30 * 86400)  # nan and inf too
     for value, option in ((warmup, "-w/--warmup"), (check, "-c/--check"), (root, "-r/--root")):
         if value < 0:
             raise UsageError(f"{option} must be 0 or more, got {value}")
@@ -89,6 +92,9 @@ def validate_for_ranks(cfg, backend: str, nranks: int) -> None:
 
     if nranks < 1:
         raise UsageError(f"--nprocs must be at least 1, got {nranks}")
+    from fabricbench.engine.inject import check_world
+
+    check_world(nranks)
     group_size = nranks
     if cfg.split:
         from fabricbench.engine.split import groups_of
@@ -159,6 +165,8 @@ def register(app: typer.Typer) -> None:
         json_path: str = typer.Option(None, "--json", help="Also write nccl-tests' JSON layout (-J) here."),
         timeout: float = typer.Option(600, "--timeout", help="Stop every rank and fail after this many seconds."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no table (files are still written)."),
+        allow_many_ranks: bool = typer.Option(False, "--allow-many-ranks", help="Start --nprocs ranks even above "
+                                              "this machine's limit (4 per core, 256 MiB of memory each)."),
     ) -> None:
         """Run collective and P2P benchmarks: locally on N ranks, or as one rank under torchrun/srun/mpirun."""
         from fabricbench.backends import resolve_backend
@@ -187,10 +195,15 @@ def register(app: typer.Typer) -> None:
         cfg.backend = resolved
         n = nprocs if nprocs is not None else _default_nprocs()
         validate_for_ranks(cfg, resolved, n)
-        _check_writable_dir(Path(cfg.out_dir), "--out")
-        from fabricbench.launch.local import launch
+        from fabricbench.launch.local import check_nprocs, launch
 
-        raise typer.Exit(launch(cfg, n, resolved))
+        check_nprocs(n, allow_many_ranks)
+        _check_writable_dir(Path(cfg.out_dir), "--out")
+        from fabricbench.results.io import results_lock
+
+        with results_lock(cfg.out_dir, cfg.command_line):  # a second writer of the same --out fails at once
+            code = launch(cfg, n, resolved)
+        raise typer.Exit(code)
 
     @app.command("ops")
     def list_ops() -> None:

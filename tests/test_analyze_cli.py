@@ -191,10 +191,12 @@ def fake_scontrol(tmp_path, reasons: dict[str, str]) -> tuple[dict, Path]:
 import json, sys
 args = sys.argv[1:]
 reasons = json.load(open({str(states)!r}))
-if args[:2] == ["show", "node"]:
-    r = reasons.get(args[2])
+if args[:1] == ["--json"]:  # Slurm 22.05's scontrol
+    sys.exit("scontrol: unrecognized option '--json'")
+if args[:3] == ["show", "node", "-o"]:
+    r = reasons.get(args[3])
     state = "IDLE+DRAIN" if r else "IDLE"
-    print(f"NodeName={{args[2]}} Arch=x86_64\\n   State={{state}} ThreadsPerCore=1\\n   Reason={{r or 'none'}}" + (" [admin@2026-01-01]" if r else ""))
+    print(f"NodeName={{args[3]}} Arch=x86_64 State={{state}} ThreadsPerCore=1" + (f" Reason={{r}} [admin@2026-01-01T00:00:00]" if r else ""))
     sys.exit(0)
 open({str(log)!r}, "a").write(json.dumps(args) + "\\n")
 """)
@@ -207,12 +209,12 @@ def test_drain_prints_applies_and_never_overwrites(tmp_path, faulty):
     env, log = fake_scontrol(tmp_path, {"node0020": "bad DIMM, ticket 42"})
     r = run_cli("analyze", str(faulty), "--drain", env=env)
     assert r.returncode == 1, r.stderr
-    assert 'scontrol update NodeName=node0003 State=DRAIN Reason="fabricbench: nic node0003' in r.stdout
-    assert "skip node0020: already has a reason set by someone else (bad DIMM, ticket 42" in r.stdout
+    assert "scontrol update NodeName=node0003 State=DRAIN 'Reason=fabricbench:{auto} nic node0003" in r.stdout
+    assert "# skipped node0020: has a reason set by someone else (bad DIMM, ticket 42" in r.stdout
     assert not log.exists()  # printing only
     r = run_cli("analyze", str(faulty), "--drain", "--apply", env=env)
     calls = [json.loads(x) for x in log.read_text().splitlines()]
     assert len(calls) == 1 and calls[0][:3] == ["update", "NodeName=node0003", "State=DRAIN"]
-    assert calls[0][3].startswith("Reason=fabricbench: nic node0003")
+    assert calls[0][3].startswith("Reason=fabricbench:{auto} nic node0003")
     # links and uplinks are not one host's fault: never drained
     assert not any("leaf2" in " ".join(c) for c in calls)

@@ -8,7 +8,6 @@ and returns an `Analysis` whose `exit_code` is 0 healthy, 1 faults, 3 inconclusi
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,13 +219,13 @@ def _attach_identifiers(verdicts: list[Verdict], idents: dict) -> None:
 def load_baseline(path: str) -> dict:
     """A baseline: JSON written by `analyze --format json`, or a results directory/tool output to analyze."""
     p = Path(path)
-    if p.is_file() and p.suffix == ".json":
-        try:
-            doc = json.loads(p.read_text())
-        except (ValueError, OSError) as err:
-            raise UsageError(f"--baseline {path}: not readable JSON ({err})") from None
+    if p.suffix == ".json" and p.exists():
+        from fabricbench import limits
+        from fabricbench.analyze.input_models import check_baseline
+
+        doc = limits.load_json(p, "--baseline")  # regular file, bounded, depth-limited
         if isinstance(doc, dict) and "fleet" in doc:
-            return {"fleet": doc.get("fleet") or [], "nodes": doc.get("node_levels") or {}}
+            return check_baseline(doc, f"--baseline {path}")  # every median finite and positive
     from fabricbench.analyze.importers import load
 
     base = analyze(load(path))

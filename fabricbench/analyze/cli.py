@@ -20,8 +20,10 @@ def _parse_size(text: str) -> int:
             break
     try:
         value = int(float(t) * mult)
-    except ValueError:
+    except (ValueError, OverflowError):  # '1e400' is inf
         raise UsageError(f"--sizes: {text!r} is not a size (e.g. 256M, 1G)") from None
+    if value > 1 << 40:
+        raise UsageError(f"--sizes: {text!r} is above the 1 TiB limit")
     if value <= 0:
         raise UsageError(f"--sizes: {text!r} must be positive")
     return value
@@ -55,6 +57,11 @@ def analyze_cmd(
         raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if apply and not drain:
         raise UsageError("--apply only makes sense with --drain")
+    from fabricbench import limits
+
+    limits.number(drain_confidence, "--drain-confidence", lo=0, hi=1)
+    if out:
+        limits.writable_output(out, "--out")
     crit = crit_mod.load_criteria(criteria) if criteria else crit_mod.default()
     th = Thresholds.from_dict(crit.thresholds) if crit.thresholds else Thresholds()
     opt_out = (topology or "").lower() == "none"
@@ -81,7 +88,8 @@ def analyze_cmd(
         from fabricbench.analyze.drain import drain as do_drain
 
         # only verdicts about a measured host's own hardware may drain it (Analysis.drain_candidates)
-        do_drain(res.drain_candidates(0.0), apply=apply, min_confidence=drain_confidence, echo=typer.echo)
+        do_drain(res.drain_candidates(0.0), measured_hosts=ds.hosts(), apply=apply,
+                 min_confidence=drain_confidence, echo=typer.echo)
     code = res.exit_code
     if code == 0 and not evaluation["cluster"]["pass"]:
         code = 1  # a failed acceptance criterion (the criteria line says FAIL; the status line is re-rendered)
@@ -118,8 +126,12 @@ def simulate_cmd(
         raise UsageError("simulate: --noise, --intermittent, --dips and --failures must be in [0, 1)")
     if oversubscription < 1 or routing not in ("adaptive", "static"):
         raise UsageError("simulate: --oversubscription >= 1 and --routing adaptive|static")
+    from fabricbench.analyze.simulate_limits import check_simulation
+
+    size_list = [_parse_size(s) for s in sizes.split(",") if s.strip()]
+    check_simulation(nodes, leaves, spines, rails, gpus, repeats, len(size_list), pattern)
     spec = SimSpec(nodes=nodes, leaves=leaves, spines=spines, rails=rails, gpus=gpus, pattern=pattern,
-                   sizes=[_parse_size(s) for s in sizes.split(",") if s.strip()], repeats=repeats, noise=noise,
+                   sizes=size_list, repeats=repeats, noise=noise,
                    intermittent=intermittent, seed=seed, faults=[parse_fault(f) for f in fault or []],
                    heavy=heavy, dips=dips, failures=failures, oversubscription=oversubscription, routing=routing)
     if topology:

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 from fabricbench.analyze.verdicts import HOST_KINDS, KINDS
 from fabricbench.errors import UsageError
@@ -52,19 +49,17 @@ def default() -> Criteria:
 
 
 def load_criteria(path: str) -> Criteria:
-    p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except OSError as err:
-        raise UsageError(f"--criteria {path}: cannot read ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"--criteria {path}: not valid YAML ({' '.join(str(err).split())[:160]})") from None
+    from fabricbench import limits
+    from fabricbench.analyze.input_models import check_test, check_thresholds
+
+    doc = limits.load_yaml(path, "--criteria", 1 << 20)  # regular file, UTF-8, no aliases, bounded
     if not isinstance(doc, dict) or not isinstance(doc.get("tests"), list) or not doc["tests"]:
         raise UsageError(f"--criteria {path}: expected a mapping with a non-empty 'tests:' list")
     tests = []
     for i, t in enumerate(doc["tests"]):
         if not isinstance(t, dict) or not t.get("name"):
             raise UsageError(f"--criteria {path}: tests[{i}] needs a name")
+        check_test(t, f"--criteria {path}", i)  # finite, in range
         unknown = set(t) - {"name", "kinds", "min_confidence", "min_gbps", "class", "cluster_findings"}
         if unknown:
             raise UsageError(f"--criteria {path}: tests[{i}] ({t['name']}): unknown key(s) {', '.join(sorted(unknown))}")
@@ -84,6 +79,7 @@ def load_criteria(path: str) -> Criteria:
     th = doc.get("thresholds") or {}
     if not isinstance(th, dict):
         raise UsageError(f"--criteria {path}: thresholds must be a mapping")
+    check_thresholds(th, f"--criteria {path}")
     return Criteria(tests, th, str(path))
 
 

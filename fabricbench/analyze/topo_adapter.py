@@ -157,13 +157,21 @@ def _from_yaml(doc: dict, path: str) -> Fabric:
             hosts = hostlist.expand_hostlist(str(names))
         except Exception:
             raise UsageError(f"{path}: fabric.node_names {names!r} is not a hostlist") from None
+        from fabricbench import limits
+
+        per_leaf = int(limits.number(per_leaf, f"{path}: fabric.nodes_per_leaf", lo=1, hi=limits.MAX_NODES, integer=True))
+        spines = int(limits.number(fab.get("spines") or 1, f"{path}: fabric.spines", lo=1, hi=4096, integer=True))
         for i, host in enumerate(hosts):
-            out.leaf_of[host] = f"leaf{i // int(per_leaf) + 1}"
-        out.spines = [f"spine{s + 1}" for s in range(int(fab.get("spines") or 1))]
+            out.leaf_of[host] = f"leaf{i // per_leaf + 1}"
+        out.spines = [f"spine{s + 1}" for s in range(spines)]
         out.oversubscription = float(fab.get("oversubscription") or 1.0)
     else:
         raise UsageError(f"{path}: neither 'leaves:' nor 'fabric:' found; see docs/analyze.md for the format")
     exp = doc.get("expected_gbps")
+    from fabricbench import limits
+
+    for key, value in (exp.items() if isinstance(exp, dict) else [("", exp)] if exp is not None else []):
+        limits.number(value, f"{path}: expected_gbps{'.' + str(key) if key else ''}", lo=0, lo_open=True, hi=1e5)
     if isinstance(exp, (int, float)):
         out.expected = {"intra-leaf": float(exp), "inter-leaf": float(exp), "inter-node": float(exp)}
     elif isinstance(exp, dict):
@@ -175,17 +183,19 @@ def load_fabric(spec: str) -> Fabric:
     """Read `--topology`: a file (or a shipped topology name when fabricbench.topology knows it)."""
     path = Path(spec)
     if path.is_file():
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
-            raise UsageError(f"{spec}: not a readable YAML topology ({' '.join(str(err).split())[:160]})") from None
+        from fabricbench import limits
+
+        doc = limits.load_yaml(path, "--topology", 16 << 20)
         if isinstance(doc, dict) and "node_types" in doc:
             fab = _from_package(spec)
             if fab is not None and fab.leaf_of:
                 return fab
         if not isinstance(doc, dict):
             raise UsageError(f"{spec}: a topology must be a YAML mapping")
-        return _from_yaml(doc, spec)
+        try:
+            return _from_yaml(doc, spec)
+        except (ValueError, TypeError, OverflowError) as err:  # numbers that are not numbers
+            raise UsageError(f"{spec}: not a valid topology ({' '.join(str(err).split())[:160]})") from None
     fab = _from_package(spec)
     if fab is not None:
         return fab

@@ -467,8 +467,11 @@ class Heartbeat:
         if not self.directory:
             return
         d = self.driver
-        try:
-            Path(self.directory, f"rank{d.rank}").write_text(f"{d.calls}\t{d.phase}\n")
+        try:  # temp + rename: the launcher never reads half a line (no fsync: a heartbeat is transient)
+            path = Path(self.directory, f"rank{d.rank}")
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(f"{d.calls}\t{d.phase}\n")
+            os.replace(tmp, path)
         except OSError:
             pass
 
@@ -477,7 +480,7 @@ class Heartbeat:
             self._write()
 
 
-def finalize_failed_run(out_dir: str | os.PathLike, error: str) -> None:
+def finalize_failed_run(out_dir: str | os.PathLike, error: str, status: str = "failed") -> None:
     """Mark run.json of a run that died part-way (its results.parquet keeps every completed size)."""
     import json
 
@@ -486,5 +489,5 @@ def finalize_failed_run(out_dir: str | os.PathLike, error: str) -> None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         record = {}
-    record.update(status="failed", error=error, end_time=now_iso())
+    record.update(status=status, error=error, end_time=now_iso())
     atomic_write_json(path, record)

@@ -81,6 +81,15 @@ class _Faulty:
         inner.write(head, flipped)
 
 
+def check_world(world: int, env=None) -> None:
+    """Refuse a fault aimed at a rank the run does not have (die@7 on 4 ranks would silently test nothing)."""
+    spec = (os.environ if env is None else env).get(ENV, "")
+    for f in parse(spec) if spec else []:
+        if not 0 <= f.rank < world:
+            raise UsageError(f"{ENV}='{spec}': rank {f.rank} is not a rank of this {world}-rank run "
+                             f"(0..{world - 1}); nothing would be injected")
+
+
 def faults_for(rank: int, env=None) -> list[Fault]:
     spec = (os.environ if env is None else env).get(ENV, "")
     return [f for f in parse(spec) if f.rank == rank] if spec else []

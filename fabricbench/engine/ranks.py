@@ -17,6 +17,7 @@ other ranks: `discover` refuses rather than waiting for ranks that will never co
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -148,11 +149,14 @@ def _tasks_on_this_node(env: Mapping[str, str], world: int) -> int:
         return world
     counts: list[int] = []
     for part in raw.split(","):
-        if "(x" in part:
-            n, rep = part.rstrip(")").split("(x")
-            counts += [int(n)] * int(rep)
-        elif part.strip():
-            counts.append(int(part))
+        m = re.fullmatch(r"\s*(\d{1,6})(?:\(x(\d{1,6})\))?\s*", part)
+        if not m:
+            raise UsageError(f"SLURM_TASKS_PER_NODE={raw[:60]!r} is not Slurm's form (e.g. '4(x2),3'); "
+                             "run under srun, or unset it")
+        n, rep = int(m.group(1)), int(m.group(2) or 1)
+        if node_id < len(counts) + rep:
+            return n
+        counts += [n] * min(rep, node_id + 1)  # only as far as this node: '1(x999999)' builds no huge list
     return counts[node_id] if node_id < len(counts) else world
 
 

@@ -33,6 +33,9 @@ def format_size(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
+MAX_SIZES = 4096  # sizes in one sweep: every size is a table row, a results row per rank and minutes of run
+
+
 def size_sweep(min_bytes: int, max_bytes: int, factor: int | None = None, step: int | None = None) -> list[int]:
     """The sizes nccl-tests visits: multiply by `factor` (-f), or add `step` (-i), from min to max inclusive."""
     if min_bytes > max_bytes:
@@ -44,6 +47,10 @@ def size_sweep(min_bytes: int, max_bytes: int, factor: int | None = None, step: 
     if step is not None:
         if step <= 0:
             raise UsageError(f"-i/--stepbytes must be positive, got {step}")
+        count = (max_bytes - min_bytes) // step + 1  # known before the list is built: -b 1K -e 1T -i 1 is refused
+        if count > MAX_SIZES:
+            raise UsageError(f"-b/-e/-i give {count} sizes, more than the {MAX_SIZES} one run may have; "
+                             "raise -i/--stepbytes or use -f/--stepfactor")
         while sizes[-1] + step <= max_bytes:
             sizes.append(sizes[-1] + step)
         return sizes

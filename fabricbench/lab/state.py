@@ -47,19 +47,15 @@ def resolve_state_dir(state_dir: str | os.PathLike | None) -> Path:
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(obj, handle, indent=2, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    from fabricbench.atomic import atomic_write_json
+
+    atomic_write_json(path, obj)  # fsynced, and the directory after the rename
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from fabricbench.atomic import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 class LabState:

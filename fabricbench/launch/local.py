@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,46 @@ from pathlib import Path
 from fabricbench.engine.config import ENV as CONFIG_ENV
 from fabricbench.engine.config import RunConfig
 from fabricbench.engine.driver import PROGRESS_ENV, finalize_failed_run
-from fabricbench.errors import RunFailed, UsageError
+from fabricbench.errors import RunFailed, Terminated, UsageError
 from fabricbench.launch.progress import RunProgress
 
 POLL_S = 0.05
 STOP_GRACE_S = 3.0
+
+
+RANKS_PER_CORE = 4  # beyond this, ranks only wait for each other's cores: timings mean nothing
+RANK_MEMORY = 256 << 20  # a rank is a Python with torch loaded: about 250 MB resident
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def max_local_ranks() -> tuple[int, str]:
+    """The most ranks this machine can run at once, and why (cores and available memory)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    limit, why = RANKS_PER_CORE * cores, f"{RANKS_PER_CORE} per core on {cores} core(s)"
+    mem = _available_memory()
+    if mem is not None and mem // RANK_MEMORY < limit:
+        limit, why = max(1, mem // RANK_MEMORY), f"{mem / 1e9:.1f} GB available at {RANK_MEMORY >> 20} MiB per rank"
+    return limit, why
+
+
+def check_nprocs(nprocs: int, allow_many: bool = False) -> None:
+    """Refuse more local ranks than the machine can hold, unless the operator says so."""
+    limit, why = max_local_ranks()
+    if nprocs > limit and not allow_many:
+        raise UsageError(f"--nprocs {nprocs} is more than this machine can run ({limit}: {why}); "
+                         "use fewer ranks, or --allow-many-ranks to start them anyway")
 
 
 def free_port() -> int:
@@ -66,8 +102,36 @@ def _is_open_mpi(mpirun: str) -> bool:
     return "Open MPI" in out or "OpenRTE" in out
 
 
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
+    raise Terminated("terminated (SIGTERM)")
+
+
 def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
-    """Run `cfg` on `nprocs` local ranks; returns the exit code (0 ok; raises RunFailed with the reason)."""
+    """Run `cfg` on `nprocs` local ranks; returns the exit code (0 ok; raises RunFailed with the reason).
+
+    SIGTERM is handled like Ctrl-C: every rank is stopped, results kept, run.json says "interrupted"."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        return _launch(cfg, nprocs, backend)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _spawn(argv: list[str], ranks: list[Rank], index: int, log: Path, **kwargs) -> None:
+    """Start one rank; on a fork/exec failure stop those already started and say so in one line."""
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
+    except OSError as err:
+        _stop_all(ranks)
+        raise RunFailed(f"could not start rank {index} ({err.strerror or err}); the {len(ranks)} rank(s) already "
+                        "started were stopped: lower --nprocs or raise the process/memory limits (ulimit -u)") from None
+    ranks.append(Rank(index, proc, log))
+
+
+def _launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
     out = Path(cfg.out_dir)
     logs, progress = out / "logs", out / ".progress"
     logs.mkdir(parents=True, exist_ok=True)
@@ -87,26 +151,29 @@ def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
             env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
             env.pop(key, None)
-        log = logs / "mpirun.log"
-        proc = subprocess.Popen(_mpirun_cmd(nprocs), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=log.open("wb"), start_new_session=True)
-        ranks.append(Rank(0, proc, log))
-    else:
-        env.update(WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(free_port()))
-        for r in range(nprocs):
-            rank_env = dict(env, RANK=str(r), LOCAL_RANK=str(r))
-            log = logs / f"rank{r}.log"
-            proc = subprocess.Popen(_worker_cmd(), env=rank_env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE if r == 0 else log.open("ab"), stderr=log.open("ab"),
-                                    start_new_session=True)
-            ranks.append(Rank(r, proc, log))
     try:
+        if backend == "mpi":
+            log = logs / "mpirun.log"
+            with log.open("wb") as err_log:
+                _spawn(_mpirun_cmd(nprocs), ranks, 0, log, env=env, stdout=subprocess.PIPE, stderr=err_log)
+        else:
+            env.update(WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(free_port()))
+            for r in range(nprocs):
+                rank_env = dict(env, RANK=str(r), LOCAL_RANK=str(r))
+                log = logs / f"rank{r}.log"
+                with log.open("ab") as err_log:
+                    _spawn(_worker_cmd(), ranks, r, log, env=rank_env,
+                           stdout=subprocess.PIPE if r == 0 else err_log, stderr=err_log)
         with RunProgress(ranks[0].proc.stdout, progress, nprocs) as shown:
             return _watch(ranks, cfg, progress, backend, shown)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as err:
         _stop_all(ranks)
-        finalize_failed_run(out, "interrupted (Ctrl-C); results hold every size completed before it")
+        how = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+        finalize_failed_run(out, f"interrupted ({how}); results hold every size completed before it",
+                            status="interrupted")
+        if isinstance(err, Terminated):
+            raise Terminated(f"interrupted by SIGTERM: all {len(ranks)} rank(s) stopped; results so far in {out}") from None
         raise
 
 

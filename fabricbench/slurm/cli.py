@@ -88,6 +88,21 @@ def _command(name: str, doc: str, params: list[inspect.Parameter], body):
     return wrapper
 
 
+def _check_numbers(kw: dict) -> None:
+    """Every numeric Slurm/sweep option finite and in range, before anything is submitted or started."""
+    from fabricbench import limits
+
+    checks = (("poll", "--poll", 0, 3600, True), ("nodes", "--nodes", 1, limits.MAX_NODES, False),
+              ("ntasks_per_node", "--ntasks-per-node", 1, limits.MAX_RANKS_PER_NODE, False),
+              ("gpus_per_node", "--gpus-per-node", 0, limits.MAX_RANKS_PER_NODE, False),
+              ("timeout", "--timeout", 0, 30 * 86400, True), ("pair_timeout", "--pair-timeout", 0, 86400, True), ("connect_timeout", "--connect-timeout", 0, 86400, True),
+              ("retest_below", "--retest-below", 0, 1, True), ("partners", "--partners", 1, limits.MAX_NODES, False),
+              ("repeat", "--repeat", 1, 1000, False))
+    for key, option, lo, hi, lo_open in checks:
+        if kw.get(key) is not None:
+            limits.number(kw[key], option, lo=lo, hi=hi, lo_open=lo_open)
+
+
 def _job_spec(kw: dict, name: str, ntasks_default: int = 1, no_kill: bool = False):
     from fabricbench.slurm.templates import JobSpec, expand_nodes, parse_sbatch_arg
 
@@ -98,8 +113,9 @@ def _job_spec(kw: dict, name: str, ntasks_default: int = 1, no_kill: bool = Fals
         nodes = len(nodelist)
     if nodes is None:
         raise UsageError("--nodes N (or --nodelist) is needed: how many nodes the job runs on")
+    _check_numbers(kw)
     gpus = kw.get("gpus_per_node")
-    ntasks = kw.get("ntasks_per_node") or (gpus if gpus else ntasks_default)
+    ntasks = kw["ntasks_per_node"] if kw.get("ntasks_per_node") is not None else (gpus if gpus else ntasks_default)
     spec = JobSpec(job_name=name, nodes=nodes, nodelist=nodelist, exclude=exclude, ntasks_per_node=ntasks,
                    gpus_per_node=gpus, partition=kw.get("partition"), account=kw.get("account"),
                    time=kw.get("time_limit"), qos=kw.get("qos"), reservation=kw.get("reservation"),
@@ -166,6 +182,14 @@ def register(app: typer.Typer) -> None:
     submit_params += [p for p in _slurm_params() if p.name not in names]
 
     def submit_body(kw: dict) -> None:
+        import contextlib
+
+        with contextlib.ExitStack() as held:  # the results directory's lock, once it exists
+            _submit(kw, held)
+
+    def _submit(kw: dict, held) -> None:
+        _check_numbers(kw)
+        from fabricbench.results.io import results_lock
         from fabricbench.run_cli import build_config, validate_for_ranks
         from fabricbench.slurm.submit import check_out, ensure_shared, run_args_from, run_script, submit_and_follow
 
@@ -184,6 +208,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(script, nl=False)
             return
         out = check_out(out)
+        held.enter_context(results_lock(out, ["fabricbench", *sys.argv[1:]]))
         ensure_shared(out)
         meta = {"kind": "run", "run_id": cfg.run_id, "command_line": ["fabricbench", *sys.argv[1:]],
                 "nodes": spec.nodes, "ranks": nranks}
@@ -211,6 +236,8 @@ def register(app: typer.Typer) -> None:
         """Gather the results of a submitted job (or rebuild a sweep's tables from its records)."""
         from fabricbench.slurm import jobs
         from fabricbench.slurm.collect import is_sweep_dir, results_dir_for_job
+
+        _check_numbers({"poll": poll})
 
         path = Path(job)
         final = None
@@ -398,10 +425,19 @@ def _plan_retest(out: Path):
 
 
 def _sweep(kw: dict) -> None:
+    import contextlib
+
+    with contextlib.ExitStack() as held:  # the results directory's lock, once it exists
+        _sweep_body(kw, held)
+
+
+def _sweep_body(kw: dict, held) -> None:
     from fabricbench.engine.provenance import now_iso
+    from fabricbench.results.io import results_lock
     from fabricbench.results import atomic_write_json
     from fabricbench.run_cli import new_run_id
 
+    _check_numbers(kw)
     config = _sweep_config(kw)
     run_id = new_run_id()
     out = _out_dir(kw, run_id)
@@ -417,10 +453,14 @@ def _sweep(kw: dict) -> None:
         from fabricbench.slurm.submit import check_out
 
         tpn = kw.get("ntasks_per_node") or 1
+        from fabricbench.launch.local import check_nprocs
+
+        check_nprocs(n * tpn)  # --local: every node is a process on this machine
         config["tasks_per_node"] = tpn
         nodes = [f"node{i}" for i in range(n)]
         plan = _build_plan(config, nodes, str(out), run_id, local=True, tasks_per_node=tpn)
         out = check_out(out)
+        held.enter_context(results_lock(out, command_line))
         plan.out_dir = str(out)
         started = now_iso()
         atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
@@ -462,6 +502,7 @@ def _sweep(kw: dict) -> None:
         typer.echo(script, nl=False)
         return
     out = check_out(out)
+    held.enter_context(results_lock(out, command_line))
     ensure_shared(out)
     atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
                                            "command_line": command_line, "start_time": now_iso()})

@@ -119,11 +119,30 @@ def step_failure(out: Path) -> str | None:
     return None
 
 
+def stuck_rank(out: Path) -> str | None:
+    """From the ranks' heartbeats (<out>/.progress, shared): the rank(s) behind the others, when some are.
+    A hung rank is what makes its peers time out: srun reports the peer that gave up first, not the culprit."""
+    progress = out / ".progress"
+    try:
+        nranks = int(json.loads((out / JOB_FILE).read_text()).get("ranks") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        nranks = 0
+    if not progress.is_dir() or not any(progress.glob("rank*")):
+        return None
+    from fabricbench.launch.local import _stuck_ranks
+
+    report = _stuck_ranks(progress, nranks)
+    return report if "stopped making progress" in report or "never reported" in report else None
+
+
 def collect_run(out: Path, job_state=None, quiet: bool = False, echo=print) -> int:
     """Print the run's table and check that every allocated node reported. Returns the exit code."""
     run_file = out / "run.json"
     expected = allocated_nodes(out)
     failure = step_failure(out)
+    stuck = stuck_rank(out) if failure or (job_state is not None and job_state.ok is False) else None
+    if stuck and failure:
+        failure = f"{stuck}; then {failure}"
     if not run_file.exists() and failure:
         raise RunFailed(f"no results reached {out}: {failure}")
     if not run_file.exists():
@@ -133,7 +152,7 @@ def collect_run(out: Path, job_state=None, quiet: bool = False, echo=print) -> i
             details = "; ".join(f"{n}: {w}" for n, w in lost.items())
             raise RunFailed(f"{reason} and no results reached {out}: {details}")
         raise RunFailed(f"{reason} and no results reached {out} (see {out / 'logs'} and the slurm-*.out file)")
-    info = json.loads(run_file.read_text())
+    info = _run_json(run_file)
     if not quiet:
         table = sorted((out / "logs").glob("rank0-*.out"))
         if table and table[0].stat().st_size:
@@ -146,7 +165,7 @@ def collect_run(out: Path, job_state=None, quiet: bool = False, echo=print) -> i
 
         message = failure or f"job {job_state.job_id} ended {job_state.state} (exit {job_state.exit_code})"
         finalize_failed_run(out, message)  # run.json says why, as after a failed local run
-        info = json.loads(run_file.read_text())
+        info = _run_json(run_file)
     hosts = info.get("hosts") or [r.get("host") for r in info.get("ranks", [])]
     if expected:
         lost = missing_nodes(out, expected, hosts)
@@ -158,11 +177,23 @@ def collect_run(out: Path, job_state=None, quiet: bool = False, echo=print) -> i
             echo(f"# nodes: {len(set(map(_short, hosts)))} of {len(expected)} allocated reported results")
     if info.get("status") not in ("ok",):
         echo(f"# run status: {info.get('status')}: {info.get('error') or ''}".rstrip(": "))
+        stuck = stuck or stuck_rank(out)
+        if stuck and stuck not in str(info.get("error") or ""):
+            echo(f"# hung: {stuck}")
         code = 1
     if job_state is not None and job_state.ok is False and code == 0:
         echo(f"# job {job_state.job_id} ended {job_state.state} (exit {job_state.exit_code})")
         code = 1
     return code
+
+
+def _run_json(path: Path) -> dict:
+    from fabricbench import limits
+
+    doc = limits.load_json(path, "run.json")
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: not a fabricbench run.json (expected a JSON object); restore it or re-run")
+    return doc
 
 
 def _print_from_results(out: Path, echo) -> None:
@@ -313,6 +344,16 @@ def sweep_frame(out: Path):
     return frame, summary
 
 
+def _json_object(path: Path) -> dict:
+    """A JSON object file of the sweep directory (sweep.json, job.json), or UsageError naming it."""
+    from fabricbench import limits
+
+    doc = limits.load_json(path, "sweep file")
+    if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
+        raise UsageError(f"{path}: not a fabricbench sweep file (expected a JSON object); restore it or re-run")
+    return doc
+
+
 def collect_sweep(out: Path, quiet: bool = False, echo=print, command_line: list[str] | None = None,
                   started: str | None = None) -> int:
     """Write results.parquet + run.json for a sweep directory, print the table; exit 1 when pairs failed."""
@@ -322,7 +363,7 @@ def collect_sweep(out: Path, quiet: bool = False, echo=print, command_line: list
     frame, summary = sweep_frame(out)
     plan: Plan = summary.pop("plan")
     meta_path = out / "sweep.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = _json_object(meta_path) if meta_path.exists() else {}
     info = {
         "run_id": plan.run_id, "kind": "pairwise-sweep",
         "status": "ok" if summary["pairs_failed"] == 0 else "failed",
@@ -413,9 +454,10 @@ def results_dir_for_job(job_id: str, search: list[Path]) -> Path | None:
             continue
         for path in sorted(root.glob(f"*/{JOB_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
-                if str(json.loads(path.read_text()).get("job_id")) == str(job_id):
+                doc = json.loads(path.read_text())
+                if isinstance(doc, dict) and str(doc.get("job_id")) == str(job_id):
                     return path.parent
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 continue
     return None
 

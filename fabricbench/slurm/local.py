@@ -72,9 +72,9 @@ def run_step(plan: Plan, plan_file: Path, deadline_s: float) -> dict:
         else:
             why = "ok"
         status[rank] = {"node": node, "exit": code, "why": why}
-    steps = out / "steps"
-    steps.mkdir(exist_ok=True)
-    (steps / f"{plan.phase}.json").write_text(json.dumps(status, indent=1) + "\n")
+    from fabricbench.atomic import atomic_write_text
+
+    atomic_write_text(out / "steps" / f"{plan.phase}.json", json.dumps(status, indent=1) + "\n")
     return status
 
 

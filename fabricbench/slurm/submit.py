@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fabricbench.errors import UsageError
+from fabricbench.errors import Terminated, UsageError
 from fabricbench.slurm import jobs
 from fabricbench.slurm.collect import JOB_FILE, NODES_FILE
 from fabricbench.slurm.templates import JobSpec, env_lines, load_template, render, shell_words
@@ -129,14 +132,24 @@ def submit_and_follow(script: str, out: Path, meta: dict, wait: bool, poll_s: fl
     """sbatch the script; returns (job_id, final JobState or None with --no-wait). Ctrl-C cancels the job."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
-    (out / "job.sbatch").write_text(script)
-    t0 = time.time()
-    job_id = jobs.sbatch(script)
-    meta = dict(meta, job_id=job_id, submitted=t0)
+    from fabricbench.results import atomic_write_text
+
+    atomic_write_text(out / "job.sbatch", script)
     from fabricbench.results import atomic_write_json
 
-    atomic_write_json(out / JOB_FILE, meta)
+    t0 = time.time()
+    # A SIGTERM while sbatch runs waits until the job id is on disk (job.json): then it cancels the job
+    # (or, with --no-wait, ends this process with the job detached and recorded).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        job_id = jobs.sbatch(script)
+        meta = dict(meta, job_id=job_id, submitted=t0)
+        atomic_write_json(out / JOB_FILE, meta)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        raise
     if not wait:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         return job_id, None
     line = StatusLine(job_id)
     first_running: list[float] = []
@@ -147,12 +160,21 @@ def submit_and_follow(script: str, out: Path, meta: dict, wait: bool, poll_s: fl
         line(st, elapsed)
 
     try:
-        final = jobs.follow(job_id, on_change, poll_s=poll_s, deadline_s=deadline_s)
-    except KeyboardInterrupt:
+        with sigterm_raises():
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a pending one is raised here
+            final = jobs.follow(job_id, on_change, poll_s=poll_s, deadline_s=deadline_s)
+    except (KeyboardInterrupt, Terminated) as err:
+        # Ctrl-C and SIGTERM both cancel the job: nobody would be left to collect it (docs/slurm.md)
         line.close()
         cancelled = jobs.scancel(job_id)
+        how = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+        meta.update(cancelled_by=how, cancelled=cancelled, finished=time.time())
+        atomic_write_json(out / JOB_FILE, meta)
         print(f"fabricbench: {'cancelled' if cancelled else 'could not cancel'} Slurm job {job_id} (scancel)",
               file=sys.stderr, flush=True)
+        if isinstance(err, Terminated):
+            raise Terminated(f"interrupted by SIGTERM: Slurm job {job_id} "
+                             f"{'cancelled' if cancelled else 'could NOT be cancelled (scancel ' + job_id + ')'}") from None
         raise
     finally:
         line.close()
@@ -161,6 +183,24 @@ def submit_and_follow(script: str, out: Path, meta: dict, wait: bool, poll_s: fl
         meta["first_seen_running"] = first_running[0]
     atomic_write_json(out / JOB_FILE, meta)
     return job_id, final
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within the block, SIGTERM raises Terminated (like Ctrl-C raises KeyboardInterrupt); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not break the cleanup
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def read_job(out: Path) -> dict:

@@ -59,19 +59,23 @@ class Plan:
     extra: dict = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        from fabricbench.atomic import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(asdict(self), indent=1) + "\n")  # fsynced, directory too
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
-        data = json.loads(Path(path).read_text())
-        if data.get("version") != PLAN_VERSION:
-            raise ValueError(f"{path}: plan version {data.get('version')} is not {PLAN_VERSION}")
-        return cls(**data)
+        from fabricbench import limits
+        from fabricbench.errors import UsageError
+
+        data = limits.load_json(path, "sweep plan")
+        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise UsageError(f"{path}: not a sweep plan of version {PLAN_VERSION} (found {version!r}); re-run the sweep")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise UsageError(f"{path}: not a sweep plan ({err}); re-run the sweep") from None
 
     def pair_count(self) -> int:
         return sum(len(r["pairs"]) for r in self.rounds)

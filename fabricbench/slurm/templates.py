@@ -138,14 +138,28 @@ def check_free_value(value: str, what: str) -> str:
     return value
 
 
+# sbatch options fabricbench sets or depends on. sbatch (getopt_long) accepts any unambiguous prefix of a
+# long option (--outp = --output) and short options with the value attached (-ofile): both are matched.
+_RESERVED_LONG = ("output", "error", "wrap", "parsable", "wait", "test-only")
+_RESERVED_SHORT = set("oeW")
+
+
+def _reserved_sbatch_option(opt: str) -> bool:
+    if opt.startswith("--"):
+        name = opt[2:]
+        return any(full.startswith(name) for full in _RESERVED_LONG)
+    return len(opt) != 2 or opt[1] in _RESERVED_SHORT  # -X only; grouped or attached (-Qofile) refused
+
+
 def parse_sbatch_arg(item: str) -> tuple[str, str | None]:
     """`--sbatch-arg=--mail-type=END` or `--sbatch-arg '--comment=a b'` -> ('--mail-type', 'END')."""
     opt, sep, value = item.partition("=")
     if not _SBATCH_OPT.match(opt):
         raise UsageError(f"--sbatch-arg {_show(item)}: expected an sbatch option such as --mail-type=END "
                          "(one option per --sbatch-arg)")
-    if opt.lstrip("-") in ("wrap", "output", "error", "parsable"):
-        raise UsageError(f"--sbatch-arg {opt}: fabricbench sets this itself; it cannot be changed here")
+    if _reserved_sbatch_option(opt):
+        raise UsageError(f"--sbatch-arg {_show(opt)}: fabricbench sets this itself (--output, --error, --wrap, "
+                         "--parsable, --wait; or their abbreviations and -o/-e/-W); it cannot be changed here")
     if sep:
         check_free_value(value, f"--sbatch-arg {opt}")
         return opt, value

@@ -66,9 +66,15 @@ def list_cmd() -> None:
     from fabricbench.topology.load import list_topologies, load_topology
     from fabricbench.topology.table import render
 
+    from fabricbench.errors import UsageError
+
     rows = []
     for name, path in list_topologies().items():
-        topo = load_topology(str(path))
+        try:
+            topo = load_topology(str(path))
+        except UsageError as err:  # one bad file in $FABRICBENCH_TOPOLOGIES must not hide the others
+            rows.append([name, "-", "invalid", " ".join(str(err).split())[:90]])
+            continue
         rows.append([name, len(topo.host_names()), topo.fabric.kind, topo.description[:90]])
     typer.echo(render(["name", "hosts", "fabric", "description"], rows))
 
@@ -79,9 +85,19 @@ def validate_cmd(files: List[str] = typer.Argument(..., help="Topology files or 
     from fabricbench.topology.graph import build_graph
     from fabricbench.topology.load import load_topology
 
+    from fabricbench.errors import UsageError
+
     for spec in files:
         topo = load_topology(spec)
-        graph = build_graph(topo)
+        try:
+            graph = build_graph(topo)
+        except UsageError as err:
+            # what `topo discover` writes from topology.conf alone: valid, with the rate left to --link-rate
+            if "no link_rate" not in str(err):
+                raise
+            typer.echo(f"{spec}: ok ({len(topo.host_names())} hosts; no link rate in the file: give --link-rate "
+                       "to topo expect/show)")
+            continue
         typer.echo(f"{spec}: ok ({len(topo.host_names())} hosts, {graph.number_of_nodes()} graph nodes, "
                    f"{graph.number_of_edges()} links)")
 
@@ -232,9 +248,14 @@ def discover_cmd(
     link_rate: Optional[str] = typer.Option(None, "--link-rate", help="Fabric link rate when no source gives one."),
 ) -> None:
     """Build a topology from tool outputs (live or saved) and say what could not be read."""
+    import re
+
+    from fabricbench.errors import UsageError
     from fabricbench.topology.discover import discover
     from fabricbench.topology.load import dump_topology
 
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,99}", name):  # it goes into the file's comment header
+        raise UsageError(f"--name {name!r}: letters, digits, '.', '_', '-' and spaces only (at most 100)")
     topo, report = discover(nvidia_smi_topo=nvidia_smi_topo, nccl_xml=nccl_xml, slurm_topology=slurm_topology,
                             ibnetdiscover=ibnetdiscover, sysfs_root=sysfs_root, local=local, name=name,
                             link_rate=link_rate, link_state=link_state)

@@ -71,7 +71,7 @@ class NIC(Model):
     gpus: list[int] = []  # the GPUs this NIC serves (its rail peers inside the host)
     numa: int | None = None
     pcie: PCIe | None = None
-    port: int = Field(default=1, ge=1)
+    port: int = Field(default=1, ge=1, le=255)
 
 
 class PCIeSwitch(Model):
@@ -89,7 +89,7 @@ class NodeType(Model):
     numa_nodes: int = Field(default=1, ge=1, le=64)
     cpu_interconnect: Rate | None = None  # between NUMA nodes (UPI/xGMI), needed when numa_nodes > 1
     host_memory: Rate | None = None  # between CPU ranks of one host (gloo/shared memory)
-    ranks_per_node: int | None = Field(default=None, ge=1)  # default: one per GPU, or 1 without GPUs
+    ranks_per_node: int | None = Field(default=None, ge=1, le=1024)  # default: one per GPU, or 1 without GPUs
     nics: list[NIC] = []
     pcie_switches: list[PCIeSwitch] = []
 
@@ -202,9 +202,9 @@ class Fabric(Model):
     link_layer: LinkLayer | None = None
     link_rate: Rate | None = None  # host port ↔ leaf; default: each NIC's own rate
     uplink_rate: Rate | None = None  # each leaf ↔ spine link; default: from oversubscription
-    leaves: int | None = Field(default=None, ge=1)  # leaf_spine: leaf count; rail_optimized: leaves per rail
-    nodes_per_leaf: int | None = Field(default=None, ge=1)
-    spines: int | None = Field(default=None, ge=1)
+    leaves: int | None = Field(default=None, ge=1, le=MAX_HOSTS)  # leaf_spine: leaf count; rail_optimized: leaves per rail
+    nodes_per_leaf: int | None = Field(default=None, ge=1, le=MAX_HOSTS)
+    spines: int | None = Field(default=None, ge=1, le=4096)
     oversubscription: float = Field(default=1.0, gt=0, le=64)  # downlink : uplink capacity of a leaf
     rails: list[Rail] | None = None
     switches: list[Switch] | None = None  # tree: explicit switches (from Slurm topology.conf or ibnetdiscover)

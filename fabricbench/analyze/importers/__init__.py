@@ -18,14 +18,9 @@ MAX_TEXT_BYTES = 256 * 1024 * 1024
 
 
 def _read_text(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-        if size > MAX_TEXT_BYTES:
-            raise UsageError(f"{path}: {size} bytes is too large for a text tool output")
-        data = path.read_bytes()
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
-    return data.decode("utf-8", errors="replace")
+    from fabricbench import limits
+
+    return limits.read_text(path, "tool output", MAX_TEXT_BYTES, errors="replace")
 
 
 def sniff(path: Path) -> str:
@@ -42,6 +37,9 @@ def sniff(path: Path) -> str:
         raise UsageError(f"{path}: a directory without results.parquet (not a fabricbench results directory)")
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
+    from fabricbench import limits
+
+    limits.check_regular(path, "input", limits.MAX_PARQUET_BYTES)  # FIFOs and devices never hang or fill memory
     if path.suffix == ".parquet":
         return "fabricbench"
     with open(path, "rb") as handle:
@@ -86,6 +84,11 @@ def load(spec: str | Path, host: str | None = None) -> Dataset:
             doc = json.loads(text)
         except json.JSONDecodeError as err:
             raise UsageError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}); truncated?") from None
+        except RecursionError:
+            raise UsageError(f"{path}: JSON nested too deep to be a tool output") from None
+        from fabricbench import limits
+
+        limits.check_depth(doc, str(path))
         if kind == "nvbandwidth-json":
             from fabricbench.analyze.importers.nvbandwidth import parse_json
 

@@ -28,12 +28,19 @@ def _read_run_json(folder: Path, ds: Dataset) -> dict:
                           "told apart from hosts that were not in the run")
         return {}
     try:
-        info = json.loads(run_file.read_text())
+        from fabricbench import limits
+
+        info = limits.load_json(run_file, "run.json")
         if not isinstance(info, dict):
             raise ValueError("not an object")
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, UsageError) as err:
         ds.caveats.append(f"{run_file}: unreadable ({err}); provenance ignored")
         return {}
+    from fabricbench.results.io import check_consistent
+
+    stale = check_consistent(folder)
+    if stale:
+        ds.caveats.append(f"{folder}: {stale}")
     hosts = info.get("hosts") or []
     nodes = info.get("nodes")
     if info.get("kind") == "pairwise-sweep" and isinstance(nodes, list) and nodes:
@@ -81,6 +88,26 @@ def _kinds(col) -> set:
     return {k for k in out if k is not None}
 
 
+TEXT_COLUMNS = {"node_a", "node_b", "host", "run_id", "op", "direction", "status", "row_kind", "nic", "peer", "kind",
+                "error"}
+
+
+def _check_types(schema, cols: list[str], parquet: Path) -> None:
+    """Text columns hold strings, the others numbers (or strings pandas can parse): never nested values."""
+    import pyarrow as pa
+
+    for name in cols:
+        t = schema.field(name).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        text = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+        ok = text if name in TEXT_COLUMNS else (text or pa.types.is_integer(t) or pa.types.is_floating(t)
+                                                 or pa.types.is_boolean(t))
+        if not ok:
+            raise UsageError(f"{parquet}: column {name} has type {t}, expected "
+                             f"{'text' if name in TEXT_COLUMNS else 'numbers'}; not a fabricbench results file")
+
+
 def _table(parquet: Path):
     import pyarrow.parquet as pq
 
@@ -96,6 +123,7 @@ def _table(parquet: Path):
             del kinds
         if "row_kind" not in cols:
             raise UsageError(f"{parquet}: no row_kind column; not a fabricbench results file")
+        _check_types(schema, cols, parquet)
         dict_cols = [c for c in ("node_a", "node_b", "host", "run_id", "op", "direction", "status", "row_kind",
                                  "nic", "peer", "kind", "error") if c in cols]
         return pq.read_table(parquet, columns=cols, read_dictionary=dict_cols)
@@ -224,6 +252,9 @@ def load_results(path: Path) -> Dataset:
     parquet = path / "results.parquet" if path.is_dir() else path
     ds = Dataset(sources=[str(path)])
     info = _read_run_json(folder, ds) if path.is_dir() or (folder / "run.json").exists() else {}
+    from fabricbench import limits
+
+    limits.check_regular(parquet, "results", limits.MAX_PARQUET_BYTES)
     tbl = _table(parquet)
     if tbl.num_rows == 0:
         ds.caveats.append(f"{path}: results.parquet has no rows")

@@ -6,6 +6,7 @@ measurements over the hosts of `config.devices[].hostname`. fabricbench's own `-
 
 from __future__ import annotations
 
+import math
 import re
 
 from fabricbench.analyze.model import GROUP_COLUMNS, Dataset, frame
@@ -13,16 +14,14 @@ from fabricbench.errors import UsageError
 
 
 def _num(value) -> float | None:
-    if isinstance(value, bool):
+    """A finite number, or None ('1e400', NaN, huge ints and non-numbers are malformed entries)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and abs(number) < 1e18 else None
 
 
 def parse_json(doc: object, source: str) -> Dataset:

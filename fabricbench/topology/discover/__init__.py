@@ -32,12 +32,10 @@ MAX_FILE = 64 * 1024 * 1024
 
 
 def read_source(path: Path, option: str) -> str:
-    try:
-        if path.stat().st_size > MAX_FILE:
-            raise UsageError(f"{option} {path}: larger than 64 MiB; not a tool output")
-        return path.read_bytes().decode("utf-8", errors="replace")
-    except OSError as err:
-        raise UsageError(f"{option} {path}: cannot read ({err.strerror or err})") from None
+    from fabricbench import limits
+
+    # regular files only (a FIFO or /dev/zero is refused at once), at most 64 MiB
+    return limits.read_text(path, option, MAX_FILE, errors="replace")
 
 
 def _run_nvidia_smi(report: Report) -> HostFacts | None:
