@@ -30,7 +30,10 @@ def drainable_host(v, min_confidence: float) -> str | None:
         return None
     if getattr(v, "basis", "") == "data" or not v.measurements and not v.evidence:
         return None  # a verdict with no measurements of its own (e.g. a host only listed in run.json)
-    host = (v.identifiers or {}).get("host") or (v.hosts[0] if len(v.hosts) == 1 else None)
+    if hasattr(type(v), "drainable_host"):  # the analyzer's own rule: a measured host's own hardware only
+        host = v.drainable_host
+    else:
+        host = (v.identifiers or {}).get("host") or (v.hosts[0] if len(v.hosts) == 1 else None)
     return host if isinstance(host, str) and host else None
 
 
