@@ -344,7 +344,13 @@ def test_pairs_through_the_cupy_glue_enable_peer_access_and_verify(mock_api):
     read = next(c for c in cells if c.kind == "ce_read" and c.row == 0)
     assert read.gbps == pytest.approx(GBPS / 1e9)
     bidir = next(c for c in cells if c.kind == "sm_bidir" and c.row == 1)
-    assert bidir.gbps == pytest.approx(GBPS / 1e9)  # one launch moves both directions: 2 x bytes in 2 x time
+    # nvbandwidth's bidirectional read: each GPU pulls on its own stream with its own events, each direction
+    # timed on its own (the stand-in runs one stream after the other, at full speed each), the total their sum
+    assert bidir.dir_gbps == pytest.approx([GBPS / 1e9, GBPS / 1e9])
+    assert bidir.gbps == pytest.approx(2 * GBPS / 1e9)
+    copies = [(dev, stream) for name, dev, stream in mock.launches if name == "fb_copy"]
+    assert {dev for dev, _s in copies} == {0, 1}
+    assert not [ln for ln in mock.launches if ln[0] == "fb_copy_bidir"]  # no split-warp launch between GPUs
     ce_bidir = [ln for ln in mock.launches if ln[0] == "fb_gate"]
     assert {dev for _n, dev, _s in ce_bidir} == {0, 1}
 
