@@ -40,7 +40,7 @@ class FakeGpuApi(GpuApi):
         self.devices = [DeviceInfo(i, d.get("name", "FAKE GPU"), int(d.get("sm_count", 4)),
                                    int(d.get("total_bytes", 2**30)), int(d.get("free_bytes", 2**30)),
                                    d.get("pci_bus_id", f"0000:{0x10 + i:02x}:00.0"),
-                                   d.get("compute_capability", "9.0"), int(d.get("l2_bytes", 1 << 20)))
+                                   d.get("compute_capability", "9.0"), int(d.get("l2_bytes", 256 << 10)))
                         for i, d in enumerate(devices)]
         if not self.devices:
             raise UsageError("no CUDA GPU visible (fake interface with 0 devices)")
