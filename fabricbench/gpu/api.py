@@ -176,9 +176,9 @@ def check_launch_environment(environ=None) -> None:
 def cupy_fix_hint(driver_version: int | None = None) -> str:
     """The CuPy package that brings its own CUDA components (NVRTC, headers) for this driver."""
     major = (driver_version or 0) // 1000
-    pkg = "cupy-cuda12x" if major == 12 else "cupy-cuda13x"
-    return (f"pip install '{pkg}[ctk]' (CuPy with the CUDA components it compiles with: NVRTC and headers from "
-            "NVIDIA's wheels), or pip install 'fabricbench[gpu]'")
+    pkg, extra = ("cupy-cuda12x", "gpu") if major == 12 else ("cupy-cuda13x", "gpu-cuda13")
+    return (f"pip install '{pkg}[ctk]>=14' (CuPy with the CUDA components it compiles with: NVRTC and headers "
+            f"from NVIDIA's wheels; the same as pip install 'fabricbench[{extra}]')")
 
 
 def check_free_memory(api: GpuApi, device: int, nbytes: int, what: str) -> None:
