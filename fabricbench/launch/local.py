@@ -66,8 +66,24 @@ def _is_open_mpi(mpirun: str) -> bool:
     return "Open MPI" in out or "OpenRTE" in out
 
 
+def check_gpus_for_ranks(nprocs: int, backend: str, environ=None, proc: str = "/proc") -> None:
+    """One GPU per rank for the GPU backends: more local ranks than GPUs is refused before any rank starts
+    (each rank would otherwise wrap around onto a GPU another rank holds, and NCCL fail later)."""
+    from fabricbench.engine.gpu_inventory import visible_gpu_count
+
+    if backend not in ("nccl", "nccl-direct"):
+        return
+    env = os.environ if environ is None else environ
+    count = visible_gpu_count(env, proc)
+    if count is not None and nprocs > count:
+        raise UsageError(f"--nprocs {nprocs} with --backend {backend} needs one GPU per rank, but this node shows "
+                         f"{count} GPU(s) (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                         f"use --nprocs {count} or fewer")
+
+
 def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
     """Run `cfg` on `nprocs` local ranks; returns the exit code (0 ok; raises RunFailed with the reason)."""
+    check_gpus_for_ranks(nprocs, backend)
     out = Path(cfg.out_dir)
     logs, progress = out / "logs", out / ".progress"
     logs.mkdir(parents=True, exist_ok=True)
