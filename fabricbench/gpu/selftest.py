@@ -165,7 +165,7 @@ def check_latency(api: GpuApi, d: int, cfg: SelftestConfig) -> Check:
     ok = 20 <= ns <= 100_000
     in_band, note = cache.judge_latency(ns, info.compute_capability, peer=False)
     detail = (f"pointer chase over {cfg.latency_lines * 128 >> 20} MiB of own memory after evicting L2 "
-              f"({evict >> 20} MiB written): {ns:.1f} ns per access; {note}")
+              f"({evict / 2**20:.1f} MiB written): {ns:.1f} ns per access; {note}")
     if not ok:
         detail += " (outside 20 ns .. 100 us: implausible)"
     return Check("latency-local", d, ok, detail, {"ns_per_access": ns, "in_band": in_band, "evict_bytes": evict,
