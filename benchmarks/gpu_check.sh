@@ -42,9 +42,11 @@ BUDGET=${GPU_CHECK_BUDGET_S:-450}
 SKIP=",${GPU_CHECK_SKIP:-},"
 SYSFS=${GPU_CHECK_SYSFS:-/sys}
 TUNER_DIR=${GPU_CHECK_TUNER_DIR:-$REPO/nccl_tuner}
-if [ -n "${FABRICBENCH:-}" ]; then read -r -a FB <<<"$FABRICBENCH"
-elif command -v fabricbench >/dev/null 2>&1; then FB=(fabricbench)
-else FB=("$PY" -m fabricbench); fi
+if [ -n "${FABRICBENCH:-}" ]; then read -r -a FB <<<"$FABRICBENCH"; FBGPU=("${FB[@]}")
+elif command -v fabricbench >/dev/null 2>&1; then FB=(fabricbench); FBGPU=(fabricbench)
+else  # not installed: from this checkout; the GPU commands through their own entry point, which imports no
+  # other area (a missing dependency of another area cannot stop them)
+  FB=("$PY" -m fabricbench); FBGPU=("$PY" -m fabricbench.gpu); fi
 START=$(date +%s)
 STEPS=$OUT/steps.tsv
 printf 'step\tstatus\tseconds\tnote\n' >"$STEPS"
@@ -70,7 +72,8 @@ run_step() {
   if [ "$left" -lt 15 ]; then skip "$name" "time budget spent (${BUDGET} s)"; return 0; fi
   [ "$limit" -gt $(( left - 5 )) ] && limit=$(( left - 5 ))
   local log=$OUT/logs/$name.log t0 rc
-  if [ "$1" = fb ]; then shift; set -- "${FB[@]}" "$@"; fi  # timeout runs programs, not shell functions
+  # timeout runs programs, not shell functions: fb / fbgpu stand for the fabricbench command
+  if [ "$1" = fb ]; then shift; set -- "${FB[@]}" "$@"; elif [ "$1" = fbgpu ]; then shift; set -- "${FBGPU[@]}" "$@"; fi
   t0=$(date +%s)
   { printf '+'; printf ' %q' "$@"; printf '\n'; } >"$log"
   timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1 </dev/null
@@ -140,7 +143,7 @@ RUN_E="${RUN_MAX_MIB}M"
 ONE=(-b 8 -e "$RUN_E" -f 16 -c 1 --nprocs 1 -w 3 -n 10)  # fabricbench's own --timeout stays below each step's
 
 # -- measurements ----------------------------------------------------------------------------------------------
-run_step selftest 150 fb selftest --gpu --size "${SELF_MIB}M" --pair-size "${PAIR_MIB}M" --loops 4 --samples 3 \
+run_step selftest 150 fbgpu selftest --gpu --size "${SELF_MIB}M" --pair-size "${PAIR_MIB}M" --loops 4 --samples 3 \
   --out "$OUT/results/reference"
 
 nccl_steps() {  # nccl_steps PREFIX BACKEND
@@ -165,27 +168,29 @@ if [ "$NGPU" -ge 2 ]; then
   run_step nccl-all-gpus 90 fb run all --backend nccl --nprocs "$NGPU" -b 1K -e "$RUN_E" -f 64 -c 1 --timeout 80 \
     --out "$OUT/runs/nccl-all-gpus"
 else
-  skip nccl-all-gpus "one GPU"
+  skip nccl-all-gpus "fewer than 2 GPUs ($NGPU)"
 fi
 
-if command -v mpirun >/dev/null 2>&1; then
+if ! command -v mpirun >/dev/null 2>&1; then
+  skip mpi-cupy "mpirun not found"
+elif ! "$PY" -c "import cupy, mpi4py" >/dev/null 2>&1; then
+  skip mpi-cupy "CuPy or mpi4py cannot be imported: no MPI run with CuPy buffers"
+else
   run_step mpi-cupy 60 fb run all_reduce sendrecv --backend mpi --nprocs 2 -b 1K -e 16M -f 16 -c 1 --timeout 50 \
     --out "$OUT/runs/mpi-cupy"
-else
-  skip mpi-cupy "mpirun not found"
 fi
 
 if [ "$NGPU" -ge 2 ]; then
-  run_step nvlink 150 fb nvlink --size "${PAIR_MIB}M" --loops 8 --samples 3 --out "$OUT/runs/nvlink"
+  run_step nvlink 150 fbgpu nvlink --size "${PAIR_MIB}M" --loops 8 --samples 3 --out "$OUT/runs/nvlink"
 else
-  run_step nvlink 60 --expect-rc 2 --expect "needs 2 or more GPUs" fb nvlink --out "$OUT/runs/nvlink"
+  run_step nvlink 60 --expect-rc 2 --expect "needs 2 or more GPUs" fbgpu nvlink --out "$OUT/runs/nvlink"
 fi
 
 if [ -n "$(ls -A "$SYSFS/class/infiniband" 2>/dev/null)" ]; then
   if [ "$NGPU" -ge 2 ]; then
-    run_step ib-loopback 90 fb ib --loopback --size 64M --iters 10 --timeout 60 --out "$OUT/runs/ib-loopback"
+    run_step ib-loopback 90 fbgpu ib --loopback --size 64M --iters 10 --timeout 60 --out "$OUT/runs/ib-loopback"
   else
-    run_step ib-loopback 60 --expect-rc 2 --expect "GPU" fb ib --loopback --out "$OUT/runs/ib-loopback"
+    run_step ib-loopback 60 --expect-rc 2 --expect "GPU" fbgpu ib --loopback --out "$OUT/runs/ib-loopback"
   fi
 else
   skip ib-loopback "no RDMA device under $SYSFS/class/infiniband"

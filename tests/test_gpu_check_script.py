@@ -63,11 +63,16 @@ def _bin(tmp_path: Path) -> Path:
                                   'case "$*" in *query-gpu*) echo "FAKE H100, 81559, 64";; '
                                   '*) echo "GPU 0: FAKE H100 (UUID: GPU-0)";; esac\n')
     (b / "mpirun").write_text("#!/bin/sh\necho 'mpirun (Open MPI) 4.1'\n")
+    (b / "python-with-cupy").write_text(f'#!/bin/sh\nexport PYTHONPATH="{b / "mods"}:$PYTHONPATH"\n'
+                                        f'exec {sys.executable} "$@"\n')
+    (b / "mods").mkdir()
+    (b / "mods" / "cupy.py").write_text("# stand-in: the check only tests that it imports\n")
     (b / "nvcc").write_text("#!/bin/sh\n"
                             'if [ "$1" = "--version" ]; then echo "Cuda compilation tools, release 13.0, V13.0.1"; '
                             'exit 0; fi\nfor a in "$@"; do :; done\ntouch "$a"\n')
     for f in b.iterdir():
-        f.chmod(0o755)
+        if f.is_file():
+            f.chmod(0o755)
     return b
 
 
@@ -79,7 +84,8 @@ def _run(tmp_path, **env):
     full = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "SLURM_", "OMPI_"))}
     full.update(PATH=f"{_bin(tmp_path)}:{os.environ['PATH']}", OUT=str(out), FAKE_LOG=str(tmp_path / "calls.log"),
                 FABRICBENCH_GPU_API=f"fake:{spec}", GPU_CHECK_SYSFS=str(tmp_path / "sys"),
-                GPU_CHECK_TUNER_DIR=str(tmp_path / "no-tuner"), GPU_CHECK_SKIP="pytest-gpu", PYTHON=sys.executable)
+                GPU_CHECK_TUNER_DIR=str(tmp_path / "no-tuner"), GPU_CHECK_SKIP="pytest-gpu",
+                PYTHON=str(tmp_path / "bin" / "python-with-cupy"))
     full.pop("FABRICBENCH", None)
     full.update(env)
     proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=240, env=full, cwd=tmp_path)
