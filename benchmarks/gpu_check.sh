@@ -226,7 +226,7 @@ else
 fi
 
 if command -v "${NVCC:-nvcc}" >/dev/null 2>&1; then
-  run_step nvcc 90 make -C cuda_kernels BUILD="$OUT/build/cuda_kernels" NVCC="${NVCC:-nvcc}"
+  run_step nvcc 90 make -j4 -C cuda_kernels BUILD="$OUT/build/cuda_kernels" NVCC="${NVCC:-nvcc}"
 else
   skip nvcc "nvcc not found"
 fi

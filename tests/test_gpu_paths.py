@@ -82,13 +82,15 @@ def test_selftest_latency_warns_out_of_band_and_records_what_it_evicted():
 
 # -- SM copy: sizes that fit in L2 are labelled ----------------------------------------------------------------
 def test_copies_that_fit_in_l2_are_labelled_not_reported_as_memory():
-    api = FakeGpuApi({"devices": [H100, H100]})
-    _g, cells = nvlink.run_matrix(api, nvlink.NvlinkConfig(kinds=["sm_read"], size=32 * MiB, loops=1, samples=1))
+    gpu = {**H100, "l2_bytes": 2 * MiB}  # a small L2 keeps the fake's copies small
+    api = FakeGpuApi({"devices": [gpu, gpu]})
+    _g, cells = nvlink.run_matrix(api, nvlink.NvlinkConfig(kinds=["sm_read"], size=2 * MiB, loops=1, samples=1))
     assert all(c.note and c.note.startswith("L2-resident") for c in cells)
-    _g, cells = nvlink.run_matrix(api, nvlink.NvlinkConfig(kinds=["sm_read"], size=64 * MiB, loops=1, samples=1))
+    assert "NOTE L2-resident" in nvlink.format_matrix(cells, "sm_read", [0, 1])
+    _g, cells = nvlink.run_matrix(api, nvlink.NvlinkConfig(kinds=["sm_read"], size=4 * MiB, loops=1, samples=1))
     assert all(c.note is None for c in cells)
-    checks = selftest.check_local_copy(FakeGpuApi({"devices": [H100]}), 0,
-                                       selftest.SelftestConfig(size=16 * MiB, loops=1, samples=1))
+    checks = selftest.check_local_copy(FakeGpuApi({"devices": [gpu]}), 0,
+                                       selftest.SelftestConfig(size=1 * MiB, loops=1, samples=1))
     label = [c for c in checks if c.name == "local-copy-size"]
     assert label and label[0].warn and "not device memory" in label[0].detail
 
@@ -104,18 +106,25 @@ def test_loops_limit_of_the_copy_engine_kinds_is_checked_before_anything_runs():
     assert all(c.status == "ok" for c in cells)  # SM kinds loop inside one launch: no limit
 
 
-@pytest.mark.parametrize("env,what", [({"CUDA_LAUNCH_BLOCKING": "1"}, "CUDA_LAUNCH_BLOCKING=1"),
-                                      ({"CUDA_INJECTION64_PATH": "/opt/cuda/compute-sanitizer/libsanitizer-collection.so"},
-                                       "compute-sanitizer")])
-def test_a_blocking_launch_environment_is_refused_up_front(tmp_path, env, what):
+def test_a_blocking_launch_environment_is_refused_up_front(tmp_path):
     out = tmp_path / "out"
     for args in (["nvlink", *SMALL, "--out", str(out)], ["selftest", "--gpu", "--size", "1M", "--out", str(out)]):
-        proc = gpu_cli(*args, env={**fake(tmp_path, ngpus=2), **env})
+        proc = gpu_cli(*args, env={**fake(tmp_path, ngpus=2), "CUDA_LAUNCH_BLOCKING": "1"})
         assert proc.returncode == 2, proc.stdout + proc.stderr
-        assert what in proc.stderr and "gate" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert "CUDA_LAUNCH_BLOCKING=1" in proc.stderr and "gate" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
     assert not (out / "results.parquet").exists()
-    assert gpu_cli("nvlink", *SMALL, "--out", str(out),
-                   env={**fake(tmp_path, ngpus=2), "CUDA_LAUNCH_BLOCKING": "0"}).returncode == 0
+
+
+def test_what_counts_as_a_blocking_launch_environment():
+    from fabricbench.gpu.api import check_launch_environment
+
+    sanitizer = {"CUDA_INJECTION64_PATH": "/opt/cuda/compute-sanitizer/libsanitizer-collection.so"}
+    for env in (sanitizer, {"CUDA_LAUNCH_BLOCKING": "1"}, {"LD_PRELOAD": "/x/libsanitizer-public.so"}):
+        with pytest.raises(UsageError):
+            check_launch_environment(env)
+    check_launch_environment({"CUDA_LAUNCH_BLOCKING": "0", "CUDA_INJECTION64_PATH": "/opt/nsight/libToolsInjection64.so"})
+    check_launch_environment({})
 
 
 def test_an_error_mid_matrix_keeps_the_cells_measured_so_far(tmp_path):
