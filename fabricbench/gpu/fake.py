@@ -51,6 +51,7 @@ class FakeGpuApi(GpuApi):
         self.noop_links = {tuple(map(int, p)) for p in spec.get("noop", [])}
         self.latency_ns = {"local": 600.0, "peer": 1000.0, "l2": 250.0, **spec.get("latency_ns", {})}
         self.fail_after_copies = spec.get("fail_after_copies")  # raise on copy N+1 (an error mid-matrix)
+        self.sticky = False
         self.chases: list[tuple[int, int, int, int]] = []  # (exec dev, memory dev, lines, evict bytes)
         self.gate_expires = bool(spec.get("gate_expires", False))
         self.enabled: set[tuple[int, int]] = set()
@@ -70,6 +71,8 @@ class FakeGpuApi(GpuApi):
         return len(self.devices)
 
     def device_info(self, index: int) -> DeviceInfo:
+        if self.sticky:
+            raise RuntimeError("fake: cudaErrorIllegalAddress (sticky: the context is lost)")
         d = self.devices[index]
         return DeviceInfo(d.index, d.name, d.sm_count, d.total_bytes, max(0, d.free_bytes - self.allocated[index]),
                           d.pci_bus_id, d.compute_capability, d.l2_bytes)
@@ -118,6 +121,7 @@ class FakeGpuApi(GpuApi):
         if engine not in ("sm", "ce"):
             raise ValueError(f"unknown engine {engine!r}")
         if self.fail_after_copies is not None and len(self.copies) >= int(self.fail_after_copies):
+            self.sticky = True  # as a real illegal address: every later CUDA call of the process fails
             raise RuntimeError("fake: cudaErrorIllegalAddress (planted failure after "
                                f"{self.fail_after_copies} copies)")
         seconds = []
