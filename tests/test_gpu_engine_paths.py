@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import pytest
 
@@ -17,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import REPO  # noqa: E402
 from fabricbench.backends import torch_dist  # noqa: E402
-from fabricbench.engine import binding, gpu_inventory, nccl_log  # noqa: E402
+from fabricbench.engine import gpu_inventory, nccl_log  # noqa: E402
 from fabricbench.errors import UsageError  # noqa: E402
 
 

@@ -172,8 +172,17 @@ def test_cupy_without_nvrtc_is_one_line_with_the_fix(mock_api, monkeypatch):  # 
     report = selftest.run_selftest(api, selftest.SelftestConfig(size=1 << 20, loops=1, samples=1))
     failed = [c for c in report["checks"] if not c["ok"]]
     assert failed[0]["name"] == "kernels-load" and "cupy-cuda13x[ctk]" in failed[0]["detail"]
-    # a kernel's own compile error is not turned into an install hint
-    assert kernels._LOADED == {}
+    # a kernel's own compile error (CuPy's CompileException, not a RuntimeError) keeps its log, no install hint
+    class CompileException(Exception):
+        pass
+
+    def bad_code(code, options, backend):
+        raise CompileException("copy.cu(12): error: identifier \"undefined_thing\" is undefined")
+
+    monkeypatch.setattr(mock, "RawModule", bad_code)
+    monkeypatch.setattr(kernels, "_LOADED", {})
+    with pytest.raises(CompileException, match="undefined_thing"):
+        api.load_kernels(0)
 
 
 def test_the_gpu_extra_depends_on_cupy_with_its_cuda_components():
