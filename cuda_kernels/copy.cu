@@ -6,6 +6,9 @@
 // whole copy inside one launch (nvbandwidth's SM method), so launch cost is paid once per sample.
 // Read mode (pull) and write mode (push) are the same kernel launched on a different GPU: pull runs on the
 // destination GPU with `src` in the peer's memory, push runs on the source GPU with `dst` in the peer's.
+// Loads and stores are cache-global (__ldcg/__stcg: ld.global.cg / st.global.cg, cached in L2 only, as
+// nvbandwidth's copy kernels): never the read-only/L1 path, so a repeated loop cannot be served from L1.
+// Sizes that fit in L2 still read high; the host labels them (fabricbench/gpu/cache.py).
 // Self-contained (no #include) so that NVRTC compiles it without the toolkit's headers.
 
 #define FB_THREADS 512
@@ -22,16 +25,16 @@ __device__ __forceinline__ void fb_copy_range(uint4 *__restrict__ dst, const uin
         uint4 v[FB_UNROLL];
 #pragma unroll
         for (int u = 0; u < FB_UNROLL; ++u) {
-            v[u] = src[i + u * stride];
+            v[u] = __ldcg(src + i + u * stride);
         }
 #pragma unroll
         for (int u = 0; u < FB_UNROLL; ++u) {
-            dst[i + u * stride] = v[u];
+            __stcg(dst + i + u * stride, v[u]);
         }
     }
     // Tail: fewer than FB_UNROLL elements left for this thread.
     for (; i < n; i += stride) {
-        dst[i] = src[i];
+        __stcg(dst + i, __ldcg(src + i));
     }
 }
 

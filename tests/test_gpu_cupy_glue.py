@@ -38,8 +38,10 @@ def _words(ptr: int, n: int, ctype=ctypes.c_uint32) -> np.ndarray:
 class MockCupy:
     """The part of CuPy that CupyApi uses."""
 
-    def __init__(self, ngpus: int, peer: bool = True):
-        self.ngpus, self.peer = ngpus, peer
+    def __init__(self, ngpus: int, peer: bool = True, l2: int = 0):
+        self.ngpus, self.peer, self.l2 = ngpus, peer, l2
+        self.last_error = 0  # the runtime's per-thread last error (cudaGetLastError returns and clears it)
+        self.enable_calls = 0
         self.keep: list = []
         self.clock = 0.0
         self.current_device = 0
@@ -47,6 +49,7 @@ class MockCupy:
         self.enabled: set[tuple[int, int]] = set()
         self.compiled: list[tuple[str, tuple, int]] = []
         self.launches: list[tuple[str, int, object]] = []
+        self.launch_args: list[tuple[str, int, list[int]]] = []
         mock = self
         self.uint32, self.uint64 = np.uint32, np.uint64
         self.__version__ = "mock"
@@ -64,7 +67,7 @@ class MockCupy:
             @staticmethod
             def getDeviceProperties(i):
                 return {"name": b"MOCK GPU", "multiProcessorCount": 2, "totalGlobalMem": 1 << 32, "pciBusID": 0x10 + i,
-                        "pciDeviceID": 0, "pciDomainID": 0, "major": 9, "minor": 0}
+                        "pciDeviceID": 0, "pciDomainID": 0, "major": 9, "minor": 0, "l2CacheSize": mock.l2}
 
             @staticmethod
             def deviceGetPCIBusId(i):
@@ -81,9 +84,16 @@ class MockCupy:
             @staticmethod
             def deviceEnablePeerAccess(peer):
                 key = (mock.current_device, peer)
+                mock.enable_calls += 1
                 if key in mock.enabled:
+                    mock.last_error = 704  # as the runtime: the failure stays as the last error
                     raise Error("cudaErrorPeerAccessAlreadyEnabled")
                 mock.enabled.add(key)
+
+            @staticmethod
+            def getLastError():
+                err, mock.last_error = mock.last_error, 0
+                return err
 
             @staticmethod
             def hostAlloc(size, flags):
@@ -199,6 +209,7 @@ class MockCupy:
                     assert block[0] % 64 == 0
                 vals = [a.data.ptr if isinstance(a, Array) else int(a) for a in args]
                 mock.launches.append((self.name, mock.current_device, mock.current_stream))
+                mock.launch_args.append((self.name, mock.current_device, vals))
                 work = lambda: mock.run_kernel(self.name, vals, args)  # noqa: E731
                 if mock.current_stream is None:
                     work()  # the default stream: run now
@@ -295,8 +306,8 @@ class MockCupy:
 
 @pytest.fixture
 def mock_api(monkeypatch):
-    def make(ngpus: int = 1, peer: bool = True):
-        mock = MockCupy(ngpus, peer)
+    def make(ngpus: int = 1, peer: bool = True, l2: int = 0):
+        mock = MockCupy(ngpus, peer, l2)
         monkeypatch.setitem(sys.modules, "cupy", mock)
         monkeypatch.setattr(kernels, "_LOADED", {})
         from fabricbench.gpu.api import CupyApi
@@ -344,7 +355,13 @@ def test_pairs_through_the_cupy_glue_enable_peer_access_and_verify(mock_api):
     read = next(c for c in cells if c.kind == "ce_read" and c.row == 0)
     assert read.gbps == pytest.approx(GBPS / 1e9)
     bidir = next(c for c in cells if c.kind == "sm_bidir" and c.row == 1)
-    assert bidir.gbps == pytest.approx(GBPS / 1e9)  # one launch moves both directions: 2 x bytes in 2 x time
+    # nvbandwidth's bidirectional read: each GPU pulls on its own stream with its own events, each direction
+    # timed on its own (the stand-in runs one stream after the other, at full speed each), the total their sum
+    assert bidir.dir_gbps == pytest.approx([GBPS / 1e9, GBPS / 1e9])
+    assert bidir.gbps == pytest.approx(2 * GBPS / 1e9)
+    copies = [(dev, stream) for name, dev, stream in mock.launches if name == "fb_copy"]
+    assert {dev for dev, _s in copies} == {0, 1}
+    assert not [ln for ln in mock.launches if ln[0] == "fb_copy_bidir"]  # no split-warp launch between GPUs
     ce_bidir = [ln for ln in mock.launches if ln[0] == "fb_gate"]
     assert {dev for _n, dev, _s in ce_bidir} == {0, 1}
 

@@ -1,5 +1,5 @@
 """The kernels on a real GPU (CuPy). Marked `gpu`; skipped, saying why, where CuPy or a CUDA device is
-missing. benchmarks/gpu_selftest.sh runs these on the GPU machine."""
+missing. benchmarks/gpu_check.sh runs these on the GPU machine."""
 
 from __future__ import annotations
 

@@ -78,13 +78,13 @@ def test_each_kind_moves_data_in_the_stated_direction_run_by_the_row_gpu():
     assert nvlink.KINDS["sm_write"].label == "GPU(row) <- GPU(column)"
 
 
-def test_bidirectional_transfers_ce_uses_both_gpus_sm_one_launch():
+def test_bidirectional_transfers_each_gpu_pulls_into_its_own_memory():
     api = FakeGpuApi({"ngpus": 2})
     bufs = {d: [api.alloc(d, MiB), api.alloc(d, MiB)] for d in (0, 1)}
     ce = nvlink.transfers_for(nvlink.KINDS["ce_bidir"], 0, 1, bufs)
     assert [(t.src.device, t.dst.device, t.exec_device) for t in ce] == [(1, 0, 0), (0, 1, 1)]
     sm = nvlink.transfers_for(nvlink.KINDS["sm_bidir"], 0, 1, bufs)
-    assert [(t.src.device, t.dst.device, t.exec_device) for t in sm] == [(1, 0, 0), (0, 1, 0)]
+    assert [(t.src.device, t.dst.device, t.exec_device) for t in sm] == [(1, 0, 0), (0, 1, 1)]  # as nvbandwidth
     assert sm[0].dst is not sm[1].src  # the two directions use different buffers
 
 

@@ -112,3 +112,42 @@ def test_kernel_dir_override_and_missing_sources(tmp_path, monkeypatch):
     for _module, (file, _names) in kernels.MODULES.items():
         shutil.copy(KDIR / file, tmp_path / file)
     assert kernels.kernel_dir() == tmp_path
+
+
+@pytest.mark.parametrize("release,sm100", [("12.4", False), ("12.7", False), ("12.8", True), ("13.0", True)])
+def test_makefile_builds_sm100_only_with_nvcc_12_8_or_newer(tmp_path, release, sm100):
+    """A CUDA 12.0-12.7 nvcc does not know sm_100: the full build leaves it out (PTX for compute_90 instead)."""
+    log = tmp_path / "nvcc.log"
+    fake = tmp_path / "nvcc"
+    fake.write_text("#!/bin/sh\n"
+                    'if [ "$1" = "--version" ]; then echo "Cuda compilation tools, release '
+                    f'{release}, V{release}.100"; exit 0; fi\n'
+                    f'echo "$@" >> {log}\nfor a in "$@"; do :; done\ntouch "$a"\n')
+    fake.chmod(0o755)
+    proc = subprocess.run(["make", "-C", str(KDIR), f"BUILD={tmp_path}/b", f"NVCC={fake}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = log.read_text().splitlines()
+    assert len(lines) == len(kernels.MODULES)
+    for line in lines:
+        assert "code=sm_80" in line and "code=sm_90" in line
+        assert ("code=sm_100" in line) is sm100
+        assert ("code=compute_100" in line) is sm100
+        assert ("code=compute_90" in line) is not sm100  # a PTX fallback either way
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_copy_kernels_load_and_store_cache_global_as_nvbandwidth(arch):
+    """ld.global.cg / st.global.cg (L2 only), never the read-only path (ld.global.nc) that lets a repeated
+    loop hit L1 and read high."""
+    ptx = kernels.nvrtc_compile("copy", arch, NVRTC).decode(errors="replace")
+    for entry in ("fb_copy", "fb_copy_bidir"):
+        body = ptx[ptx.index(f".entry {entry}("):]
+        body = body[:body.index("\n}")]
+        loads = re.findall(r"^\s*ld\.global([.\w]*)\.v4", body, re.M)
+        stores = re.findall(r"^\s*st\.global([.\w]*)\.v4", body, re.M)
+        assert loads and stores, entry
+        assert all(q.startswith(".cg") for q in loads), (entry, loads)
+        assert all(q.startswith(".cg") for q in stores), (entry, stores)
+        assert "ld.global.nc" not in body

@@ -8,7 +8,9 @@ is a host-side meeting point even when the data moves over NCCL.
 from __future__ import annotations
 
 import datetime
+import inspect
 import platform
+import sys
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch.distributed as dist
 
 from fabricbench.backends.base import Backend, Timer
 from fabricbench.engine.dtypes import DType
+from fabricbench.errors import UsageError
 
 _TORCH_DTYPES = {
     "int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64,
@@ -38,18 +41,58 @@ def unsupported(kind: str, dtype: DType, redop: str | None) -> str | None:
     return None
 
 
-class CudaEventTimer(Timer):
-    """CUDA events on the current stream: what the GPU spent, without host launch overhead between them."""
+class StreamHold:
+    """How long the stream is held before each per-iteration start event, shared by the timers of one rank.
 
-    def __init__(self) -> None:
+    An idle GPU runs a start event the moment it is recorded, so the time up to the end event would include
+    torch's dispatch and NCCL's enqueue of the operation: small messages would read several times too slow.
+    As nvbandwidth does (it queues a spin kernel ahead of its start event), each iteration first queues a
+    device-side spin (torch.cuda._sleep), then the start event, then the operation: the host enqueues all of
+    it while the GPU spins, and the start event fires when the spin ends, with the operation already queued.
+    Whether that held is checked, not assumed: if the start event had already fired when the operation was
+    enqueued, that iteration includes launch cost (counted in `unheld`) and the hold doubles."""
+
+    START_US = 100.0
+    MAX_US = 20_000.0
+
+    def __init__(self, clock_khz: int | None) -> None:
+        self.us = self.START_US
+        self.clock_khz = clock_khz or 2_000_000  # unknown clock: assume 2 GHz (the hold is verified anyway)
+        self.unheld = 0
+
+    def cycles(self) -> int:
+        return int(self.us * self.clock_khz / 1e3)
+
+    def missed(self) -> None:
+        self.unheld += 1
+        if self.us < self.MAX_US:
+            self.us = min(self.MAX_US, self.us * 2)
+        print(f"fabricbench: per-iter timing: the stream hold was shorter than the host's enqueue time, so "
+              f"one iteration includes launch cost; hold now {self.us:.0f} us", file=sys.stderr, flush=True)
+
+
+class CudaEventTimer(Timer):
+    """One operation's GPU time between CUDA events on the current stream, launch cost excluded: the stream
+    is held by a device-side spin before the start event (StreamHold), and a start event that fired before
+    the operation was enqueued is detected and counted."""
+
+    def __init__(self, hold: StreamHold | None = None) -> None:
         super().__init__()
+        self._hold = hold
         self._begin = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
+        self.held: bool | None = None
 
     def start(self) -> None:
+        if self._hold is not None:
+            torch.cuda._sleep(self._hold.cycles())  # queued ahead: the GPU spins while the host enqueues
         self._begin.record()
 
     def stop(self) -> None:
+        if self._hold is not None:
+            self.held = not self._begin.query()  # fired already: the GPU waited for the host (launch cost)
+            if not self.held:
+                self._hold.missed()
         self._end.record()
 
     def elapsed_ns(self) -> int:
@@ -66,8 +109,9 @@ class TorchBackend(Backend):
         self.name = kind
         self.rank, self.world_size = ranks.rank, ranks.world_size
         self.device = "cuda" if kind == "nccl" else "cpu"
+        self._hold: StreamHold | None = None
         if self.device == "cuda":
-            self.gpu = ranks.local_rank % torch.cuda.device_count()
+            self.gpu = gpu_for_local_rank(ranks.local_rank, torch.cuda.device_count())
             torch.cuda.set_device(self.gpu)
             self._dev = torch.device("cuda", self.gpu)
         else:
@@ -181,7 +225,12 @@ class TorchBackend(Backend):
         return box[0]
 
     def timer(self) -> Timer:
-        return CudaEventTimer() if self.device == "cuda" else Timer()
+        if self.device != "cuda":
+            return Timer()
+        if self._hold is None:
+            props = torch.cuda.get_device_properties(self._dev)
+            self._hold = StreamHold(getattr(props, "clock_rate", None))
+        return CudaEventTimer(self._hold)
 
     def gpu_bus_id(self) -> str | None:
         if self.device != "cuda":
@@ -202,7 +251,7 @@ class TorchBackend(Backend):
             fn()
         torch.cuda.current_stream(self._dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, **graph_capture_kwargs()):
             fn()
         torch.cuda.synchronize(self._dev)
         return graph.replay
@@ -224,6 +273,32 @@ class TorchBackend(Backend):
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001 - teardown after a failure must not mask the failure
                 pass
+
+
+def gpu_for_local_rank(local_rank: int, count: int) -> int:
+    """This rank's GPU: its local rank. More local ranks than GPUs is refused here, in one line, instead of
+    wrapping around onto a GPU another rank holds (NCCL then fails later with a duplicate-GPU error)."""
+    if count < 1:
+        raise UsageError("the nccl backend needs a GPU, and this rank sees none (check CUDA_VISIBLE_DEVICES); "
+                         "use --backend gloo for CPUs")
+    if local_rank >= count:
+        raise UsageError(f"local rank {local_rank} has no GPU of its own: this node shows {count} GPU(s); run at "
+                         f"most {count} rank(s) per node (--nprocs {count}, or --ntasks-per-node={count})")
+    return local_rank
+
+
+def graph_capture_kwargs() -> dict[str, Any]:
+    """capture_error_mode="thread_local": in the default global mode, a CUDA call from another thread during
+    capture (NCCL's watchdog polling its events) invalidates the capture. torch before 2.1 has no such
+    argument: refused there rather than failing part-way."""
+    try:
+        params = inspect.signature(torch.cuda.graph.__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "capture_error_mode" not in params:
+        raise UsageError(f"--cuda-graph needs torch 2.1 or newer (capture_error_mode='thread_local', so that "
+                         f"NCCL's watchdog thread does not break the capture); this is torch {torch.__version__}")
+    return {"capture_error_mode": "thread_local"}
 
 
 def _url_host(addr: str) -> str:

@@ -56,10 +56,66 @@ def plan_binding(bus_id: str | None, allowed: set[int], sysfs: str | os.PathLike
     return chosen, f"bound to the {len(chosen)} CPUs local to GPU {bus_id}"
 
 
+# The allowed set before fabricbench narrowed it (an early binding on a guessed GPU must not shrink what the
+# authoritative binding may choose from).
+_ORIGINAL_ALLOWED: set[int] | None = None
+_EARLY: tuple[str, set[int]] | None = None  # (bus id, cpus) of the binding done before the backend started
+
+
+def thread_ids(task_dir: str | os.PathLike = "/proc/self/task") -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(task_dir) if t.isdigit())
+    except OSError:
+        return [0]
+
+
+def bind_all_threads(cpus: set[int], task_dir: str | os.PathLike = "/proc/self/task") -> int:
+    """sched_setaffinity(0) binds only the calling thread; NCCL's proxy threads, torch's watchdog and the CUDA
+    driver's threads started before it keep the old mask. Bind every thread of the process; returns how
+    many now run on `cpus`."""
+    bound = 0
+    for tid in thread_ids(task_dir):
+        try:
+            os.sched_setaffinity(tid, cpus)
+            bound += 1
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            continue
+    return bound
+
+
 def bind_to_gpu(bus_id: str | None, sysfs: str | os.PathLike = "/sys") -> str:
-    """Apply `plan_binding` to this process; returns what was done."""
-    allowed = os.sched_getaffinity(0)
+    """Bind every thread of this process to the CPUs local to `bus_id` (`plan_binding`); returns what was
+    done. Called once the backend knows its GPU; after an early binding (`bind_early`) to the same GPU this
+    only catches threads that escaped it."""
+    global _ORIGINAL_ALLOWED
+    allowed = _ORIGINAL_ALLOWED if _ORIGINAL_ALLOWED is not None else os.sched_getaffinity(0)
     cpus, reason = plan_binding(bus_id, allowed, sysfs)
-    if cpus:
-        os.sched_setaffinity(0, cpus)
+    if not cpus:
+        if _EARLY is not None and _ORIGINAL_ALLOWED is not None:  # the early guess does not hold: undo it
+            bind_all_threads(_ORIGINAL_ALLOWED)
+        return reason
+    _ORIGINAL_ALLOWED = set(allowed)
+    n = bind_all_threads(cpus)
+    early = _EARLY is not None and _EARLY[1] == cpus
+    return reason + (" before the backend started" if early else "") + f" (all {n} threads of the process)"
+
+
+def bind_early(local_rank: int, environ=None, sysfs: str | os.PathLike = "/sys",
+               proc: str | os.PathLike = "/proc") -> str | None:
+    """Before torch is imported and NCCL starts its threads: bind to the CPUs of the GPU this local rank will
+    use, found without initialising CUDA (fabricbench.engine.gpu_inventory). Threads created later inherit
+    the mask. Returns what was done, or None when the GPU cannot be known yet (bind_to_gpu does it later)."""
+    global _ORIGINAL_ALLOWED, _EARLY
+    from fabricbench.engine.gpu_inventory import guess_bus_id
+
+    bus = guess_bus_id(local_rank, environ, proc)
+    if bus is None:
+        return None
+    allowed = os.sched_getaffinity(0)
+    cpus, reason = plan_binding(bus, allowed, sysfs)
+    if not cpus:
+        return reason
+    _ORIGINAL_ALLOWED = set(allowed)
+    bind_all_threads(cpus)
+    _EARLY = (bus, cpus)
     return reason

@@ -250,7 +250,9 @@ class Driver:
         return t1 - t0, iter_ns, [], t_wall0, t_wall1
 
     def _time_per_iter(self, op: Op, call: Call):
-        """Each iteration on its own: a host barrier, then the op timed with the backend's timer.
+        """Each iteration on its own: a host barrier, then the op timed with the backend's timer (on GPUs:
+        CUDA events behind a device-side stream hold, so torch dispatch and NCCL enqueue are outside the
+        time; backends/torch_dist.StreamHold).
 
         The barrier wait is kept: the rank that arrives last waits least, which names a straggler (in a
         collective the late rank itself shows the shortest op time, since the others wait for it).

@@ -393,7 +393,9 @@ class _Acc:
         transports.update(self.transports)
         used = {k: n for k, n in transports.items() if not (k == "COLLNET" and self.collnet_failed)}
         if self.gdr_conn:
-            gdr: bool | None = any(self.gdr_conn)
+            # "used" only when every network connection of this rank used it: one host-staged connection is
+            # a rank (and a path) without GPUDirect RDMA
+            gdr: bool | None = all(self.gdr_conn)
         else:
             gdr = self.gdr_hint
         algo = proto = source = None

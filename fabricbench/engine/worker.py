@@ -18,8 +18,24 @@ from fabricbench.engine.ranks import discover
 from fabricbench.errors import RunFailed
 
 
+GPU_BACKENDS = ("nccl", "nccl-direct")
+
+
+def bind_before_backend(cfg: RunConfig, ranks) -> str | None:
+    """CPU/NUMA binding before torch is imported and NCCL starts its threads (threads inherit the mask), for
+    GPU runs; the driver checks it against the GPU the backend really opened (engine.binding.bind_to_gpu)."""
+    if cfg.cpu_bind != "auto":
+        return None
+    from fabricbench.engine import binding, gpu_inventory
+
+    if cfg.backend in GPU_BACKENDS or (cfg.backend == "auto" and gpu_inventory.physical_gpus()):
+        return binding.bind_early(ranks.local_rank)
+    return None
+
+
 def run_as_rank(cfg: RunConfig) -> int:
     ranks = discover()
+    bind_before_backend(cfg, ranks)  # first: resolving the backend imports torch
     name = resolve_backend(cfg.backend)
     capture = NcclCapture(cfg, ranks.rank, ranks.host) if name == "nccl" else None  # before NCCL starts
     backend = None

@@ -35,6 +35,7 @@ class DeviceInfo:
     free_bytes: int
     pci_bus_id: str  # '0000:1b:00.0'
     compute_capability: str  # '9.0'
+    l2_bytes: int = 0  # L2 cache size (0: unknown)
 
 
 @dataclass
@@ -60,8 +61,8 @@ class Transfer:
 
 @dataclass
 class Timing:
-    """Seconds from the gate's release to the end of each transfer's copies (one value per transfer; an SM
-    bidirectional launch gives both directions the same time), and whether a gate expired (then launch cost
+    """Seconds from the gate's release to the end of each transfer's copies (one value per transfer, each
+    from its own stream's events; a split-warp launch on one GPU gives both directions the same time), and whether a gate expired (then launch cost
     may be in the time and the sample is discarded)."""
 
     seconds: list[float]
@@ -125,9 +126,12 @@ class GpuApi(abc.ABC):
         """Run a gate that is never released; True when it gave up by itself (its spin is bounded)."""
 
     @abc.abstractmethod
-    def chase(self, exec_device: int, memory_device: int, lines: int, hops: int, seed: int) -> float:
+    def chase(self, exec_device: int, memory_device: int, lines: int, hops: int, seed: int,
+              evict_bytes: int = 0) -> float:
         """Pointer-chase `hops` loads through `lines` 128-byte lines on `memory_device`, run by one thread of
-        `exec_device`; returns seconds per access."""
+        `exec_device`; returns seconds per access. The chain is built (and a warm-up chase run) first; then a
+        scratch buffer of `evict_bytes` is written on each GPU involved so that the timed chase starts with
+        the chain out of L2 (fabricbench.gpu.cache.evict_bytes says how much)."""
 
     def load_kernels(self, device: int) -> list[str]:
         """Compile and load every kernel for `device` (raises with the compiler's log); their names."""
@@ -151,6 +155,32 @@ def get_api() -> GpuApi:
     return CupyApi()
 
 
+BLOCKING_ENV_HELP = ("every gate would wait out its timeout, since the host cannot queue the copies behind a gate "
+                     "that blocks it")
+
+
+def check_launch_environment(environ=None) -> None:
+    """Refuse up front what makes every kernel launch synchronous: CUDA_LAUNCH_BLOCKING=1, or a sanitizer
+    injected into the process (compute-sanitizer loads its library through CUDA_INJECTION64_PATH/LD_PRELOAD).
+    Then the gate kernel blocks the host that should release it, and each sample costs the gate's timeout."""
+    env = os.environ if environ is None else environ
+    if env.get("CUDA_LAUNCH_BLOCKING", "").strip() not in ("", "0"):
+        raise UsageError(f"CUDA_LAUNCH_BLOCKING={env['CUDA_LAUNCH_BLOCKING']} makes every launch synchronous: "
+                         f"{BLOCKING_ENV_HELP}; unset it (export CUDA_LAUNCH_BLOCKING=0)")
+    for key in ("CUDA_INJECTION64_PATH", "LD_PRELOAD"):
+        if "sanitizer" in env.get(key, "").lower():
+            raise UsageError(f"{key}={env[key]}: running under compute-sanitizer serializes launches: "
+                             f"{BLOCKING_ENV_HELP}; measure without the sanitizer")
+
+
+def cupy_fix_hint(driver_version: int | None = None) -> str:
+    """The CuPy package that brings its own CUDA components (NVRTC, headers) for this driver."""
+    major = (driver_version or 0) // 1000
+    pkg, extra = ("cupy-cuda12x", "gpu") if major == 12 else ("cupy-cuda13x", "gpu-cuda13")
+    return (f"pip install '{pkg}[ctk]>=14' (CuPy with the CUDA components it compiles with: NVRTC and headers "
+            f"from NVIDIA's wheels; the same as pip install 'fabricbench[{extra}]')")
+
+
 def check_free_memory(api: GpuApi, device: int, nbytes: int, what: str) -> None:
     info = api.device_info(device)
     if nbytes > info.free_bytes:
@@ -170,8 +200,7 @@ class CupyApi(GpuApi):
         try:
             import cupy
         except ImportError as err:
-            raise UsageError(f"no CUDA GPU support: CuPy is not installed ({err}); pip install cupy-cuda13x "
-                             "(or cupy-cuda12x to match the driver)") from None
+            raise UsageError(f"no CUDA GPU support: CuPy is not installed ({err}); {cupy_fix_hint()}") from None
         self.cp = cupy
         self.rt = cupy.cuda.runtime
         try:
@@ -184,6 +213,7 @@ class CupyApi(GpuApi):
         self._n = n
         self._streams: dict[int, list] = {}
         self._sms: dict[int, int] = {}
+        self._peer_enabled: set[tuple[int, int]] = set()
         self._flag_ptr = self.rt.hostAlloc(64, 1 | 2)  # cudaHostAllocPortable | cudaHostAllocMapped
         self._flag = (ctypes.c_int * 2).from_address(self._flag_ptr)  # [0] release flag, [1] expired
         self._flag_dev = self._device_pointer(self._flag_ptr)
@@ -210,14 +240,14 @@ class CupyApi(GpuApi):
         except Exception:
             bus = f"{props.get('pciDomainID', 0):04x}:{props['pciBusID']:02x}:{props['pciDeviceID']:02x}.0"
         return DeviceInfo(index, name, int(props["multiProcessorCount"]), int(total), int(free), bus,
-                          f"{props['major']}.{props['minor']}")
+                          f"{props['major']}.{props['minor']}", int(props.get("l2CacheSize", 0) or 0))
 
     def can_access_peer(self, device: int, peer: int) -> bool:
         return device == peer or bool(self.rt.deviceCanAccessPeer(device, peer))
 
     def enable_peer_access(self, device: int, peer: int) -> None:
-        if device == peer:
-            return
+        if device == peer or (device, peer) in self._peer_enabled:
+            return  # enabling twice fails with cudaErrorPeerAccessAlreadyEnabled: not asked twice
         if not self.can_access_peer(device, peer):
             raise PeerAccessError(f"GPU {device} cannot access GPU {peer}'s memory (no peer path: "
                                   "cudaDeviceCanAccessPeer says no)")
@@ -225,9 +255,27 @@ class CupyApi(GpuApi):
             try:
                 self.rt.deviceEnablePeerAccess(peer)
             except self.rt.CUDARuntimeError as err:
+                # Enabled by someone else in this process (torch, an earlier CupyApi): not an error, but the
+                # runtime keeps it as the thread's last error, which a later cudaGetLastError check (torch's
+                # launch checks) would report against an innocent kernel. Clear it.
+                self._clear_last_error()
                 if "AlreadyEnabled" not in str(err) and getattr(err, "status", None) != 704:
                     raise PeerAccessError(f"enabling peer access GPU {device} -> GPU {peer} failed: "
                                           f"{_cuda_err(err)}") from None
+        self._peer_enabled.add((device, peer))
+
+    def _clear_last_error(self) -> None:
+        """cudaGetLastError: returns and resets the runtime's last error. CuPy's own status check already calls
+        it before raising (cupy_backends/cuda/api/runtime.pyx, check_status); this makes it explicit where
+        CuPy exposes the call, and costs nothing where the error is already clear."""
+        for name in ("getLastError", "peekAtLastError"):
+            fn = getattr(self.rt, name, None)
+            if fn is not None:
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - it raises the error it clears: that is the point
+                    pass
+                return
 
     # memory
     def alloc(self, device: int, nbytes: int) -> Buffer:
@@ -367,13 +415,15 @@ class CupyApi(GpuApi):
         stream.synchronize()
         return bool(self._flag[1])
 
-    def chase(self, exec_device: int, memory_device: int, lines: int, hops: int, seed: int) -> float:
+    def chase(self, exec_device: int, memory_device: int, lines: int, hops: int, seed: int,
+              evict_bytes: int = 0) -> float:
         np = _np()
         cp = self.cp
         rng = np.random.default_rng(seed)
         order = rng.permutation(lines).astype(np.uint32)  # one cycle through every line, in random order
         nxt = np.empty(lines, dtype=np.uint32)
         nxt[order] = np.roll(order, -1)
+        # 1. Build the chain (its writes leave it in L2) and warm up (module load, TLB) well before timing.
         with cp.cuda.Device(memory_device):
             chain = cp.zeros(lines * 16, dtype=cp.uint64)
             next_dev = cp.asarray(nxt)
@@ -385,6 +435,14 @@ class CupyApi(GpuApi):
             chase = self._kernel("latency", "fb_chase", exec_device)
             chase((1,), (1,), (np.uint64(chain.data.ptr), np.uint64(min(hops, 1000)), end_ptr))  # warm-up
             cp.cuda.Device(exec_device).synchronize()  # the timed chase must not overlap the warm-up
+        # 2. Push the chain out of L2: write a scratch buffer of evict_bytes on every GPU involved.
+        if evict_bytes:
+            for d in dict.fromkeys((memory_device, exec_device)):
+                scratch = self.alloc(d, evict_bytes)
+                self.fill(scratch, seed ^ 0xE71C7)  # fill synchronizes its device
+                self.free(scratch)
+        # 3. The timed chase, behind a gate.
+        with cp.cuda.Device(exec_device):
             stream = self._stream(exec_device, 0)
             start, end = cp.cuda.Event(), cp.cuda.Event()
             self._flag[0], self._flag[1] = 0, 0

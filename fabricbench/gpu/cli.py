@@ -34,11 +34,17 @@ def _say(quiet: bool):
 def _run_info(command: str, run_id: str, api, extra: dict) -> dict:
     from datetime import datetime, timezone
 
-    devices = [api.device_info(i).__dict__ for i in range(api.device_count())] if api is not None else []
+    devices, versions = [], {}
+    if api is not None:
+        try:  # after a sticky CUDA error (the reason a matrix stopped) these calls fail too: keep the results
+            devices = [api.device_info(i).__dict__ for i in range(api.device_count())]
+            versions = api.versions()
+        except Exception as err:  # noqa: BLE001
+            versions = {"error": " ".join(str(err).split())[:200]}
     return {"run_id": run_id, "command": command, "command_line": ["fabricbench", *sys.argv[1:]],
             "host": socket.gethostname(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "fake_gpu_interface": bool(api is not None and api.fake), "devices": devices,
-            "versions": api.versions() if api is not None else {},
+            "versions": versions,
             "nccl_env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_")}, **extra}
 
 
@@ -79,8 +85,8 @@ def register(app: typer.Typer) -> None:
             run_id = new_run_id()
             out_dir = _out_dir(out, run_id)
             say = _say(quiet)
+            names = {g: api.device_info(g).name for g in range(api.device_count())}  # before: a failure may stick
             used, cells = nvlink.run_matrix(api, cfg, progress=None)
-            names = {g: api.device_info(g).name for g in used}
             for k in cfg.kinds:
                 say(nvlink.format_matrix(cells, k, used, api.fake))
                 say("")

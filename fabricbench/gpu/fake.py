@@ -6,9 +6,12 @@ Selected by `FABRICBENCH_GPU_API=fake:<spec.json>` (or `fake` for 2 GPUs with de
 measures is labelled FAKE in the output and in run.json; it exists to test fabricbench, not GPUs.
 
 Spec (JSON, every key optional): {"devices": [{"name", "sm_count", "total_bytes", "free_bytes", "pci_bus_id",
-"compute_capability"}] or "ngpus": N, "no_peer": [[a, b], ...], "gbps": {"sm": .., "ce": .., "local_sm": ..,
+"compute_capability", "l2_bytes"}] or "ngpus": N, "no_peer": [[a, b], ...], "gbps": {"sm": .., "ce": .., "local_sm": ..,
 "local_ce": ..}, "pair_gbps": {"a,b": ..}, "corrupt": [[src, dst], ...], "noop": [[src, dst], ...],
-"latency_ns": {"local": .., "peer": ..}, "gate_expires": false}
+"latency_ns": {"local": .., "peer": .., "l2": ..}, "gate_expires": false, "fail_after_copies": N}
+
+The latency model: a chase whose chain fits in L2 and was not evicted (evict_bytes < 2 x L2) returns the
+L2 latency, as a real GPU would right after building the chain.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class FakeGpuApi(GpuApi):
         self.devices = [DeviceInfo(i, d.get("name", "FAKE GPU"), int(d.get("sm_count", 4)),
                                    int(d.get("total_bytes", 2**30)), int(d.get("free_bytes", 2**30)),
                                    d.get("pci_bus_id", f"0000:{0x10 + i:02x}:00.0"),
-                                   d.get("compute_capability", "9.0"))
+                                   d.get("compute_capability", "9.0"), int(d.get("l2_bytes", 256 << 10)))
                         for i, d in enumerate(devices)]
         if not self.devices:
             raise UsageError("no CUDA GPU visible (fake interface with 0 devices)")
@@ -46,7 +49,10 @@ class FakeGpuApi(GpuApi):
         self.pair_gbps = {tuple(int(x) for x in k.split(",")): float(v) for k, v in spec.get("pair_gbps", {}).items()}
         self.corrupt_links = {tuple(map(int, p)) for p in spec.get("corrupt", [])}
         self.noop_links = {tuple(map(int, p)) for p in spec.get("noop", [])}
-        self.latency_ns = {"local": 600.0, "peer": 1000.0, **spec.get("latency_ns", {})}
+        self.latency_ns = {"local": 600.0, "peer": 1000.0, "l2": 250.0, **spec.get("latency_ns", {})}
+        self.fail_after_copies = spec.get("fail_after_copies")  # raise on copy N+1 (an error mid-matrix)
+        self.sticky = False
+        self.chases: list[tuple[int, int, int, int]] = []  # (exec dev, memory dev, lines, evict bytes)
         self.gate_expires = bool(spec.get("gate_expires", False))
         self.enabled: set[tuple[int, int]] = set()
         self.copies: list[tuple[str, int, int, int, int]] = []  # (engine, src dev, dst dev, exec dev, bytes)
@@ -65,9 +71,11 @@ class FakeGpuApi(GpuApi):
         return len(self.devices)
 
     def device_info(self, index: int) -> DeviceInfo:
+        if self.sticky:
+            raise RuntimeError("fake: cudaErrorIllegalAddress (sticky: the context is lost)")
         d = self.devices[index]
         return DeviceInfo(d.index, d.name, d.sm_count, d.total_bytes, max(0, d.free_bytes - self.allocated[index]),
-                          d.pci_bus_id, d.compute_capability)
+                          d.pci_bus_id, d.compute_capability, d.l2_bytes)
 
     def can_access_peer(self, device: int, peer: int) -> bool:
         return device == peer or frozenset((device, peer)) not in self.no_peer
@@ -112,6 +120,10 @@ class FakeGpuApi(GpuApi):
              gate_timeout_s: float = 10.0) -> Timing:
         if engine not in ("sm", "ce"):
             raise ValueError(f"unknown engine {engine!r}")
+        if self.fail_after_copies is not None and len(self.copies) >= int(self.fail_after_copies):
+            self.sticky = True  # as a real illegal address: every later CUDA call of the process fails
+            raise RuntimeError("fake: cudaErrorIllegalAddress (planted failure after "
+                               f"{self.fail_after_copies} copies)")
         seconds = []
         for t in transfers:
             if t.src.device != t.dst.device:
@@ -136,9 +148,14 @@ class FakeGpuApi(GpuApi):
     def load_kernels(self, device: int) -> list[str]:
         return ["none (fake interface)"]
 
-    def chase(self, exec_device: int, memory_device: int, lines: int, hops: int, seed: int) -> float:
+    def chase(self, exec_device: int, memory_device: int, lines: int, hops: int, seed: int,
+              evict_bytes: int = 0) -> float:
         if exec_device != memory_device and (exec_device, memory_device) not in self.enabled:
             raise RuntimeError("fake: chase over a peer without peer access")
+        self.chases.append((exec_device, memory_device, lines, evict_bytes))
+        l2 = self.devices[memory_device].l2_bytes
+        if lines * 32 <= l2 and evict_bytes < 2 * l2:  # one 32-byte sector per line stayed in L2
+            return self.latency_ns["l2"] * 1e-9
         return self.latency_ns["local" if exec_device == memory_device else "peer"] * 1e-9
 
     def versions(self) -> dict:

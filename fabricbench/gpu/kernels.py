@@ -71,11 +71,31 @@ def load_module(module: str, device: int):
         import cupy
 
         with cupy.cuda.Device(device):
-            mod = cupy.RawModule(code=source(module), options=NVRTC_OPTIONS, backend="nvrtc")
-            for name in MODULES[module][1]:
-                mod.get_function(name)  # compiles now, so a compile error surfaces here, with its log
+            try:
+                mod = cupy.RawModule(code=source(module), options=NVRTC_OPTIONS, backend="nvrtc")
+                for name in MODULES[module][1]:
+                    mod.get_function(name)  # compiles now, so a compile error surfaces here, with its log
+            except (RuntimeError, OSError) as err:
+                # CuPy without its CUDA components (NVRTC, headers) on a node with only the driver raises
+                # RuntimeError ("CuPy failed to load libnvrtc.so..."): one line with the fix, not a traceback.
+                # A kernel's own compile error (CompileException, with its log) is not a RuntimeError.
+                raise UsageError(_cupy_failure(err, device)) from None
         _LOADED[key] = mod
     return _LOADED[key]
+
+
+def _cupy_failure(err: BaseException, device: int) -> str:
+    from fabricbench.gpu.api import cupy_fix_hint
+
+    text = " ".join(str(err).split())[:300] or type(err).__name__
+    driver = None
+    try:
+        import cupy
+
+        driver = int(cupy.cuda.runtime.driverGetVersion())
+    except Exception:  # noqa: BLE001 - the hint falls back to CUDA 13
+        pass
+    return f"CuPy cannot compile fabricbench's kernels for GPU {device} ({text}); {cupy_fix_hint(driver)}"
 
 
 def get_kernel(module: str, name: str, device: int):

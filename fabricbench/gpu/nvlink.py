@@ -21,7 +21,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from fabricbench.errors import UsageError
-from fabricbench.gpu.api import Buffer, GpuApi, PeerAccessError, Transfer
+from fabricbench.gpu import cache
+from fabricbench.gpu.api import CE_MAX_COPIES, Buffer, GpuApi, PeerAccessError, Transfer, check_launch_environment
 from fabricbench.gpu.pattern import sample_seed
 
 BYTE_CONVENTION = ("GB/s = bytes copied per second / 1e9 (decimal, each byte counted once, as nvbandwidth); "
@@ -45,7 +46,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("sm_write", "sm", False, "GPU(row) <- GPU(column)", "data flows row -> column",
          "SM copy kernel run by the row GPU, writing the column GPU's memory (push)"),
     Kind("sm_bidir", "sm", True, "GPU(row) <-> GPU(column)", "data flows both ways at once",
-         "one SM copy launch on the row GPU, warps split: half pull column -> row, half push row -> column"),
+         "SM copy kernels on both GPUs at once, each pulling into its own memory on its own stream and events "
+         "(nvbandwidth's bidirectional read), gated by one flag"),
     Kind("ce_read", "ce", False, "GPU(row) -> GPU(column)", "data flows column -> row",
          "copy engine (cudaMemcpyPeerAsync) on a stream of the row GPU (pull)"),
     Kind("ce_write", "ce", False, "GPU(row) <- GPU(column)", "data flows row -> column",
@@ -94,6 +96,7 @@ class Cell:
     discarded: int = 0  # samples whose gate expired
     status: str = "ok"  # ok | wrong-data | failed | no-peer
     error: str | None = None
+    note: str | None = None  # a label on a measured value: L2-resident size, latency outside its band
 
 
 def parse_kinds(text: str | None) -> list[str]:
@@ -135,6 +138,11 @@ def check_config(api: GpuApi, cfg: NvlinkConfig) -> list[int]:
             raise UsageError(f"{option} must be at least 1, got {value}")
     if cfg.warmup < 0:
         raise UsageError(f"--warmup must be 0 or more, got {cfg.warmup}")
+    if cfg.loops > CE_MAX_COPIES and any(KINDS[k].engine == "ce" for k in cfg.kinds):
+        ce = ",".join(k for k in cfg.kinds if KINDS[k].engine == "ce")
+        raise UsageError(f"--loops {cfg.loops}: the copy-engine kinds ({ce}) queue at most {CE_MAX_COPIES} copies "
+                         f"behind one gate; give --loops {CE_MAX_COPIES} or less, or leave those kinds out")
+    check_launch_environment()
     if cfg.size % 16:
         raise UsageError(f"--size {cfg.size}: the copy kernels move 16-byte elements; give a multiple of 16 bytes")
     pairs = [(a, b) for a in gpus for b in gpus if a < b]
@@ -147,9 +155,11 @@ def check_config(api: GpuApi, cfg: NvlinkConfig) -> list[int]:
             if not (api.can_access_peer(a, b) and api.can_access_peer(b, a)):
                 raise PeerAccessError(f"peer access between GPU {a} and GPU {b} is unavailable (cudaDeviceCanAccess"
                                       "Peer says no); leave that pair out of --gpus")
-    need = 2 * cfg.size + (cfg.latency_lines * 128 if "latency" in cfg.kinds else 0)
     for g in gpus:
         info = api.device_info(g)
+        # two buffers; the latency chain and the scratch that evicts it from L2 come and go in between
+        need = 2 * cfg.size + (cfg.latency_lines * 128 + cache.evict_bytes(info.l2_bytes)
+                               if "latency" in cfg.kinds else 0)
         if need > info.free_bytes:
             raise UsageError(f"--size {cfg.size} needs {need / 2**30:.2f} GiB on GPU {g} ({info.name}: 2 buffers"
                              f"{' + the latency chain' if 'latency' in cfg.kinds else ''}) but only "
@@ -172,9 +182,9 @@ def transfers_for(kind: Kind, row: int, col: int, bufs: dict[int, list[Buffer]])
         return [pull]
     if kind.name.endswith("_write"):
         return [push]
-    if kind.name == "sm_bidir":
-        return [pull, Transfer(src=b_r, dst=b_c, exec_device=row)]
-    if kind.name == "ce_bidir":  # each GPU's copy engine pulls into its own memory (nvbandwidth's read bidir)
+    if kind.name.endswith("_bidir"):
+        # nvbandwidth's bidirectional read (SM and CE): each GPU pulls into its own memory, on its own
+        # stream with its own events, so each direction has its own time.
         return [pull, Transfer(src=b_r, dst=b_c, exec_device=col)]
     raise ValueError(kind.name)
 
@@ -182,7 +192,10 @@ def transfers_for(kind: Kind, row: int, col: int, bufs: dict[int, list[Buffer]])
 def measure_copy_cell(api: GpuApi, kind: Kind, row: int, col: int, bufs: dict[int, list[Buffer]],
                       cfg: NvlinkConfig, kind_index: int = 0) -> Cell:
     transfers = transfers_for(kind, row, col, bufs)
-    return measure_transfers(api, kind.name, kind.engine, transfers, cfg, (kind_index, row, col), row, col)
+    cell = measure_transfers(api, kind.name, kind.engine, transfers, cfg, (kind_index, row, col), row, col)
+    if cell.status == "ok":
+        cell.note = cache.l2_note(cell.size_bytes, max(api.device_info(row).l2_bytes, api.device_info(col).l2_bytes))
+    return cell
 
 
 def measure_transfers(api: GpuApi, name: str, engine: str, transfers: list[Transfer], cfg: NvlinkConfig,
@@ -238,15 +251,26 @@ def measure_transfers(api: GpuApi, name: str, engine: str, transfers: list[Trans
 
 def measure_latency_cell(api: GpuApi, row: int, col: int, cfg: NvlinkConfig) -> Cell:
     cell = Cell("latency", row, col, col, row, row, 128, cfg.latency_hops)
-    values = [api.chase(row, col, cfg.latency_lines, cfg.latency_hops, sample_seed(cfg.seed, 99, row, col, s)) * 1e9
+    r_info, c_info = api.device_info(row), api.device_info(col)
+    evict = cache.evict_bytes(r_info.l2_bytes, c_info.l2_bytes)
+    values = [api.chase(row, col, cfg.latency_lines, cfg.latency_hops, sample_seed(cfg.seed, 99, row, col, s),
+                        evict_bytes=evict) * 1e9
               for s in range(cfg.samples)]
     cell.samples = len(values)
     cell.latency_ns = statistics.median(values)
+    in_band, note = cache.judge_latency(cell.latency_ns, c_info.compute_capability, peer=row != col)
+    cell.note = None if in_band else note
     return cell
 
 
+ABORTED = "aborted the matrix"
+
+
 def run_matrix(api: GpuApi, cfg: NvlinkConfig, progress=None) -> tuple[list[int], list[Cell]]:
-    """Measure every requested kind for every ordered pair of the GPUs. Returns (gpus, cells)."""
+    """Measure every requested kind for every ordered pair of the GPUs. Returns (gpus, cells).
+
+    An error part-way (a CUDA error, a lost GPU) does not lose the matrix: the cell being measured gets status
+    'failed' with the error, nothing after it runs, and the cells measured so far are returned."""
     gpus = check_config(api, cfg)
     cells: list[Cell] = []
     peer_ok: dict[tuple[int, int], bool] = {}
@@ -276,10 +300,16 @@ def run_matrix(api: GpuApi, cfg: NvlinkConfig, progress=None) -> tuple[list[int]
                         continue
                     if progress:
                         progress(f"{name} GPU {row} x GPU {col}")
-                    if kind.engine == "latency":
-                        cells.append(measure_latency_cell(api, row, col, cfg))
-                    else:
-                        cells.append(measure_copy_cell(api, kind, row, col, bufs, cfg, kind_index))
+                    try:
+                        if kind.engine == "latency":
+                            cells.append(measure_latency_cell(api, row, col, cfg))
+                        else:
+                            cells.append(measure_copy_cell(api, kind, row, col, bufs, cfg, kind_index))
+                    except Exception as err:  # noqa: BLE001 - keep what was measured; the error is the finding
+                        text = " ".join(str(err).split())[:300] or type(err).__name__
+                        cells.append(Cell(name, row, col, col, row, row, cfg.size, cfg.loops, status="failed",
+                                          error=f"{ABORTED}: {text}"))
+                        return gpus, cells
     finally:
         for pair in bufs.values():
             for b in pair:
@@ -323,12 +353,19 @@ def format_matrix(cells: list[Cell], kind: str, gpus: list[int], fake: bool = Fa
     values = [c.gbps for c in cells if c.kind == kind and c.gbps is not None]
     if values:
         lines.append(f"SUM {kind} {sum(values):.2f}")
+    notes = sorted({c.note for c in cells if c.kind == kind and c.note})
+    lines += [f"NOTE {n}" for n in notes]
     return "\n".join(lines)
 
 
 def verify_summary(cells: list[Cell]) -> str:
     checked = [c for c in cells if c.kind != "latency" and c.status in ("ok", "wrong-data")]
     bad = [c for c in checked if c.status == "wrong-data"]
+    aborted = [c for c in cells if c.error and c.error.startswith(ABORTED)]
+    if aborted:
+        c = aborted[0]
+        return (f"ABORTED at {c.kind} GPU {c.row} x GPU {c.col}: {c.error.removeprefix(ABORTED + ': ')}; the "
+                f"{len(cells) - 1} cell(s) measured before it are kept")
     if not bad:
         samples = sum(c.samples + c.discarded for c in checked)
         return f"verify: {len(checked)} pair measurement(s), {samples} sample(s), every destination word correct"
@@ -354,7 +391,7 @@ def cell_rows(cells: list[Cell], run_id: str, host: str, names: dict[int, str], 
             "gbps_min": c.gbps_min, "gbps_max": c.gbps_max,
             "gbps_fwd": c.dir_gbps[0] if k.bidir and c.dir_gbps else None,
             "gbps_rev": c.dir_gbps[1] if k.bidir and len(c.dir_gbps) > 1 else None,
-            "samples_discarded": c.discarded, "gpu_name": names.get(c.exec_gpu),
+            "samples_discarded": c.discarded, "gpu_name": names.get(c.exec_gpu), "note": c.note,
         }
         rows.append(row)
     return rows

@@ -102,6 +102,21 @@ def _is_open_mpi(mpirun: str) -> bool:
     return "Open MPI" in out or "OpenRTE" in out
 
 
+def check_gpus_for_ranks(nprocs: int, backend: str, environ=None, proc: str = "/proc") -> None:
+    """One GPU per rank for the GPU backends: more local ranks than GPUs is refused before any rank starts
+    (each rank would otherwise wrap around onto a GPU another rank holds, and NCCL fail later)."""
+    from fabricbench.engine.gpu_inventory import visible_gpu_count
+
+    if backend not in ("nccl", "nccl-direct"):
+        return
+    env = os.environ if environ is None else environ
+    count = visible_gpu_count(env, proc)
+    if count is not None and nprocs > count:
+        raise UsageError(f"--nprocs {nprocs} with --backend {backend} needs one GPU per rank, but this node shows "
+                         f"{count} GPU(s) (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                         f"use --nprocs {count} or fewer")
+
+
 def _on_sigterm(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
     raise Terminated("terminated (SIGTERM)")
@@ -111,6 +126,7 @@ def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
     """Run `cfg` on `nprocs` local ranks; returns the exit code (0 ok; raises RunFailed with the reason).
 
     SIGTERM is handled like Ctrl-C: every rank is stopped, results kept, run.json says "interrupted"."""
+    check_gpus_for_ranks(nprocs, backend)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
