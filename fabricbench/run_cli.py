@@ -159,8 +159,14 @@ def register(app: typer.Typer) -> None:
         json_path: str = typer.Option(None, "--json", help="Also write nccl-tests' JSON layout (-J) here."),
         timeout: float = typer.Option(600, "--timeout", help="Stop every rank and fail after this many seconds."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no table (files are still written)."),
+        tuning: str = typer.Option(None, "--tuning", help="Apply a directory written by 'fabricbench tune' (its "
+                                   "nccl.env, NCCL tuner config, Open MPI rules + MCA parameters) to the ranks."),
     ) -> None:
         """Run collective and P2P benchmarks: locally on N ranks, or as one rank under torchrun/srun/mpirun."""
+        if tuning:  # before any rank or library starts: NCCL and MPI read these once per process
+            from fabricbench.tune.outputs import tuning_env
+
+            os.environ.update(tuning_env(Path(tuning)))
         from fabricbench.backends import resolve_backend
         from fabricbench.engine.ranks import discover, in_external_launcher, in_slurm_allocation_outside_step
 
