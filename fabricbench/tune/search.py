@@ -131,8 +131,9 @@ def successive_halving(candidates: list[Candidate], measure: Measure, ledger: Le
         winners = {name for name, _t in per_size_best(ledger, names).values()}
         keep = [c for c in alive if c.is_default or c.name in winners or sc[c.name] <= drop_factor]
         others = sorted((c for c in keep if not c.is_default and c.name not in winners), key=lambda c: sc[c.name])
-        target = max(len(winners), math.ceil(sum(not c.is_default for c in keep) / eta))
-        room = max(0, target - len([c for c in keep if not c.is_default and c.name in winners]))
+        won = [c for c in keep if not c.is_default and c.name in winners]
+        target = max(len(won), math.ceil(sum(not c.is_default for c in keep) / eta))
+        room = max(0, target - len(won))
         survivors = {c.name for c in keep if c.is_default or c.name in winners} | {c.name for c in others[:room]}
         alive = [c for c in keep if c.name in survivors]
         settled = all(c.is_default or c.name in winners for c in alive)

@@ -3,7 +3,8 @@
 Default and candidate run alternately (each in fresh processes), so slow drifts of a shared machine hit both;
 pair i is (default run i, candidate run i). The speed-up is default time / candidate time; its interval is a
 t-interval on the paired log ratios (ratios are multiplicative, and their logs are close to normal), turned
-back into a ratio. A gain is claimed only when the whole interval lies above 1.
+back into a ratio. A gain is claimed only when the whole interval lies above 1 and the speed-up is at least MIN_GAIN: smaller
+differences are below what repeated runs resolve on a shared cluster and not worth a configuration change.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def t975(df: int) -> float:
     return _T975[max(below)] if df <= 30 else 1.96
 
 
+MIN_GAIN = 0.02  # 2%
+
+
 @dataclass(frozen=True)
 class RatioCI:
     """Speed-up of a candidate over the default (>1: candidate faster), with a 95% interval."""
@@ -41,7 +45,7 @@ class RatioCI:
     def verdict(self) -> str:
         if self.pairs < 2:
             return "inconclusive (fewer than 2 pairs)"
-        if self.low > 1.0:
+        if self.significant_gain:
             return "faster"
         if self.high < 1.0:
             return "slower"
@@ -49,7 +53,7 @@ class RatioCI:
 
     @property
     def significant_gain(self) -> bool:
-        return self.pairs >= 2 and self.low > 1.0
+        return self.pairs >= 2 and self.low > 1.0 and self.speedup >= 1.0 + MIN_GAIN
 
     def text(self) -> str:
         return f"{self.speedup:.3f}x (95% CI {self.low:.3f}-{self.high:.3f}, {self.pairs} pairs)"

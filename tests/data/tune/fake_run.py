@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""A stand-in for `fabricbench run --backend mpi` with a deterministic library: the time of each size depends
+only on the Open MPI allreduce algorithm the environment selects (forced MCA parameter, or the rules file read
+with Open MPI's semantics), times 1 +- 1% noise. Used by tests/test_tune_session.py to drive the real tuning
+loop (runner, halving, confirmation, writers, verify) without a noisy machine in the way.
+
+Called as: fake_run.py -m fabricbench run OPS ... --out DIR ...
+FAKE_GAIN_GONE=1: every algorithm behaves like the default (an 'upgrade' that removed the gain).
+FABRICBENCH_INJECT set: the check finds wrong values (exit 1), as the real run does.
+"""
+import os
+import random
+import sys
+from pathlib import Path
+
+from fabricbench.results.io import atomic_write_json, write_results
+from fabricbench.tune import ompi_rules
+
+# algorithm -> µs at 1 KiB, 64 KiB, 1 MiB. 0 = Open MPI's own decision (the default).
+TIMES = {0: (10.0, 200.0, 3000.0), 3: (5.0, 260.0, 4000.0), 4: (20.0, 210.0, 1500.0), 6: (15.0, 400.0, 2900.0)}
+SIZES = (1024, 65536, 1048576)
+
+
+def algorithm(size: int) -> int:
+    if os.environ.get("FAKE_GAIN_GONE"):
+        return 0
+    path = os.environ.get("OMPI_MCA_coll_tuned_dynamic_rules_filename")
+    if path:
+        rule = ompi_rules.lookup(ompi_rules.parse(Path(path).read_text()), 2, 4, size)
+        if rule and rule.algorithm:
+            return rule.algorithm
+    return int(os.environ.get("OMPI_MCA_coll_tuned_allreduce_algorithm", "0"))
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    out = Path(args[args.index("--out") + 1])
+    bad = bool(os.environ.get("FABRICBENCH_INJECT"))
+    rng = random.Random()
+    rows = []
+    for i, size in enumerate(SIZES):
+        t = TIMES.get(algorithm(size), TIMES[0])[i] * (1 + 0.01 * rng.uniform(-1, 1))
+        rows.append({"run_id": "fake", "row_kind": "op", "op": "all_reduce", "backend": "mpi", "nranks": 4,
+                     "size_bytes": size, "time_us": t, "busbw_gbps": size / t / 1e3 * 1.5,
+                     "nwrong": 3 if bad else 0, "status": "wrong-data" if bad else "ok"})
+    write_results(out, rows, {"run_id": "fake", "nranks": 4, "hosts": ["node1", "node2"],
+                              "versions": {"mpi": "fake Open MPI"}, "ranks": []})
+    if bad:
+        print("fabricbench: error: 3 wrong values", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

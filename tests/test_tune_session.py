@@ -1,0 +1,108 @@
+"""The whole tuning loop (runner -> halving -> descent -> confirmation -> files -> verify) against a stand-in
+for `fabricbench run` whose library is deterministic (tests/data/tune/fake_run.py): the known best algorithm
+per size must be found, confirmed and written; a corrupting candidate rejected and named; a gain that goes away
+makes verify fail."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fabricbench.errors import UsageError
+from fabricbench.tune import ompi_rules
+from fabricbench.tune.runner import RunSpec
+from fabricbench.tune.session import TuneOptions, run_tune
+from fabricbench.tune.verify import verify
+
+FAKE = Path(__file__).parent / "data" / "tune" / "fake_run.py"
+
+
+def _spec(**kw) -> RunSpec:
+    base = dict(ops=["all_reduce"], backend="mpi", minbytes="1K", maxbytes="1M", stepfactor=64, iters=3, warmup=1,
+                nprocs=4, timeout_s=60, python=str(FAKE))
+    base.update(kw)
+    return RunSpec(**base)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune") / "out"
+    lines: list[str] = []
+    spec = _spec(inject={"allreduce=nonoverlapping": "corrupt@1"})
+    opts = TuneOptions(spec=spec, out=out, budget_s=3600, confirm_pairs=2,
+                       only=["allreduce=recursive_doubling", "allreduce=ring", "allreduce=nonoverlapping"])
+    results = run_tune(opts, lines.append)
+    return out, results, lines
+
+
+def test_finds_confirms_and_writes_the_best_algorithm_per_size(tuned):
+    out, results, lines = tuned
+    (result,) = results
+    by_size = {d.size_bytes: d for d in result.decisions}
+    assert by_size[1024].choice == "allreduce=recursive_doubling" and by_size[1024].kept
+    assert by_size[65536].choice == "default" and by_size[65536].verdict == "default is best"
+    assert by_size[1048576].choice.startswith("allreduce=ring") and by_size[1048576].kept
+    # 2x faster with 1% noise: even the widest 2-pair interval (t = 12.7) stays above 1.5
+    assert by_size[1024].ci.low > 1.5 and by_size[1048576].ci.low > 1.5
+    rules = ompi_rules.parse((out / "ompi-coll-rules.conf").read_text())
+    assert rules == {2: {4: [ompi_rules.MsgRule(0, 3), ompi_rules.MsgRule(65536, 0), ompi_rules.MsgRule(1048576, 4)]}}
+    mca = (out / "ompi-mca.env").read_text()
+    assert f"OMPI_MCA_coll_tuned_dynamic_rules_filename={(out / 'ompi-coll-rules.conf').resolve()}" in mca
+    assert "OMPI_MCA_coll_tuned_use_dynamic_rules=1" in mca
+    assert any(line.startswith("plan: ") for line in lines) and any("estimated cost:" in ln for ln in lines)
+
+
+def test_corrupting_candidate_is_rejected_and_named(tuned):
+    out, results, lines = tuned
+    assert results[0].ledger.rejected == {"allreduce=nonoverlapping": "wrong-data: 9 wrong values in the bit-exact check (-c 1)"}
+    assert "allreduce=nonoverlapping: wrong-data" in (out / "report.md").read_text()
+    assert any("allreduce=nonoverlapping" in ln and "REJECTED" in ln for ln in lines)
+
+
+def test_halving_spends_fewer_runs_than_exhaustive_would(tuned):
+    out, results, _ = tuned
+    frame = pd.read_parquet(out / "tuning.parquet")
+    search = frame[frame.phase.isin(["search", "descent"])]
+    # round 0: all 4; round 1: the default and the two winners; the rejected one ran once
+    assert search.groupby("candidate").run_dir.nunique().to_dict() == {
+        "default": 2, "allreduce=recursive_doubling": 2, "allreduce=ring": 2, "allreduce=nonoverlapping": 1}
+    assert set(frame.phase) >= {"search", "confirm"}
+    assert {"candidate", "size_bytes", "time_us", "busbw_gbps", "status", "reason"} <= set(frame.columns)
+    summary = json.loads((out / "tuning.json").read_text())
+    assert summary["provenance"]["topology"]["hosts"] == ["node1", "node2"]
+    assert summary["provenance"]["versions"]["mpi"] == "fake Open MPI"
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "busbw" in html
+
+
+def test_verify_holds_then_fails_when_the_gain_is_gone(tuned, monkeypatch):
+    out, _, _ = tuned
+    checks = verify(out, 2, lambda _line: None, {"python": str(FAKE)})
+    assert [c.size_bytes for c in checks] == [1024, 1048576] and all(c.holds for c in checks)
+    monkeypatch.setenv("FAKE_GAIN_GONE", "1")
+    checks = verify(out, 2, lambda _line: None, {"python": str(FAKE)})
+    assert not any(c.holds for c in checks)
+
+
+def test_plan_over_budget_is_refused(tmp_path):
+    opts = TuneOptions(spec=_spec(), out=tmp_path / "o", budget_s=1, confirm_pairs=2)
+    with pytest.raises(UsageError, match="more than --budget"):
+        run_tune(opts, lambda _line: None)
+
+
+def test_report_says_no_significant_gain_when_nothing_held():
+    from fabricbench.tune.report import render_md
+
+    summary = {"provenance": {"backend": "mpi", "topology": {"nranks": 4, "nnodes": 1, "hosts": ["h"]}, "versions": {}},
+               "mode": "halving", "ops": [{"op": "all_reduce", "runs": 9, "elapsed_s": 30.0, "rejected": {}}],
+               "decisions": [{"op": "all_reduce", "size_bytes": 1024, "choice": "allreduce=ring", "effective": "default",
+                              "kept": False, "default_us": 10.0, "tuned_us": 9.9, "default_busbw_gbps": 0.1,
+                              "tuned_busbw_gbps": 0.1, "speedup": 1.01, "ci_low": 0.97, "ci_high": 1.05, "pairs": 5,
+                              "verdict": "no significant gain"}]}
+    md = render_md(summary, [])
+    assert "| all_reduce | 1024 | allreduce=ring | default |" in md and "1.010x (0.970-1.050, 5 pairs)" in md
+    assert "No significant gain: the written configuration keeps the library's defaults." in md
