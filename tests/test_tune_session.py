@@ -6,7 +6,6 @@ makes verify fail."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd

@@ -13,7 +13,7 @@ import math
 import os
 import platform
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd

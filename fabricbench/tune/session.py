@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from fabricbench.errors import UsageError
-from fabricbench.tune import knobs
 from fabricbench.tune.outputs import Decision, tuned_env_for, write_outputs
 from fabricbench.tune.runner import RunSpec, describe, run_candidate
 from fabricbench.tune.search import (Candidate, DefaultFailed, Ledger, Sample, coordinate_descent, exhaustive,
@@ -277,5 +276,3 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
 
-
-__all__ = ["TuneOptions", "run_tune", "estimate_runs", "knobs"]
