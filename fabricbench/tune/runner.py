@@ -35,7 +35,8 @@ class RunSpec:
     warmup: int = 5
     nprocs: int | None = None  # local ranks (no launcher)
     launcher: list[str] = field(default_factory=list)  # e.g. ['srun', '-N4', '--mpi=pmix']
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # passed to run --timeout; the runner itself waits grace_s longer, then kills
+    grace_s: float = 30.0
     python: str = sys.executable
     inject: dict[str, str] = field(default_factory=dict)  # candidate name -> FABRICBENCH_INJECT (self-tests)
 
@@ -80,10 +81,10 @@ def run_candidate(spec: RunSpec, cand: Candidate, out_dir: Path, rnd: int, phase
                                 start_new_session=True)
         status, reason = "ok", ""
         try:
-            rc = proc.wait(timeout=spec.timeout_s + 30)
+            rc = proc.wait(timeout=spec.timeout_s + spec.grace_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            rc, status, reason = None, "timeout", f"no result after {spec.timeout_s + 30:g} s; stopped"
+            rc, status, reason = None, "timeout", f"no result after {spec.timeout_s + spec.grace_s:g} s; stopped"
     wall = time.monotonic() - t0
     sample = Sample(candidate=cand.name, round=rnd, phase=phase, status=status, reason=reason, wall_s=wall,
                     run_dir=str(out_dir))

@@ -35,7 +35,15 @@ def algorithm(size: int) -> int:
 def main() -> int:
     args = sys.argv[1:]
     out = Path(args[args.index("--out") + 1])
-    bad = bool(os.environ.get("FABRICBENCH_INJECT"))
+    inject = os.environ.get("FABRICBENCH_INJECT", "")
+    if inject.startswith("hang"):
+        import time
+
+        time.sleep(600)
+    if inject.startswith("die"):
+        print("fabricbench: error: rank 1 was killed by SIGKILL", file=sys.stderr)
+        return 1
+    bad = bool(inject)
     rng = random.Random()
     rows = []
     for i, size in enumerate(SIZES):
