@@ -86,6 +86,9 @@ def main() -> int:
     ap.add_argument("--sizes", default="-b 1K -e 4M -f 16 -n 5 -w 1")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--timeout", default="60", help="tune --timeout: seconds before a run counts as hung")
+    ap.add_argument("--exhaustive-dir", type=Path, help="reuse an exhaustive tuning directory from an earlier "
+                    "run of this script on the same lab instead of measuring it again")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMPI_MCA_mpi_yield_when_idle="1")
@@ -99,13 +102,18 @@ def main() -> int:
         lab_handle = manager.up(args.nodes, 2, "400mbit", state, 4, install=True, shares=[])
         env.update(SLURM_CONF=str(lab_handle.conf), FABRICBENCH_LAB_DIR=str(lab_handle.dir))
     launcher = f"srun -N{args.nodes} --mpi=pmix"
-    sizes = args.sizes.split()
+    sizes = args.sizes.split() + ["--timeout", args.timeout]
     # Outputs must be visible to every node (a node's /tmp is private): keep them under the checkout.
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = REPO / "results" / f"tune-bench-{stamp}"
     try:
-        _, ex_wall = tune(env, work / "exhaustive", launcher, sizes,
-                          ["--exhaustive", "--repeats", str(args.repeats), "--confirm-pairs", str(args.pairs)])
+        if args.exhaustive_dir:
+            ex_dir = args.exhaustive_dir
+            ex_wall = json.loads((ex_dir / "tuning.json").read_text())["ops"][0]["elapsed_s"]
+        else:
+            ex_dir = work / "exhaustive"
+            _, ex_wall = tune(env, ex_dir, launcher, sizes,
+                              ["--exhaustive", "--repeats", str(args.repeats), "--confirm-pairs", str(args.pairs)])
         hv_proc, hv_wall = tune(env, work / "halving", launcher, sizes,
                                 ["--confirm-pairs", str(args.pairs), "--inject-candidate",
                                  "allreduce=nonoverlapping=corrupt@1"])
@@ -119,10 +127,10 @@ def main() -> int:
             from fabricbench.lab import manager
 
             manager.down(lab_handle.dir)
-    exh = pd.read_parquet(work / "exhaustive" / "tuning.parquet")
+    exh = pd.read_parquet(ex_dir / "tuning.parquet")
     hv = pd.read_parquet(work / "halving" / "tuning.parquet")
     hv_summary = json.loads((work / "halving" / "tuning.json").read_text())
-    ex_summary = json.loads((work / "exhaustive" / "tuning.json").read_text())
+    ex_summary = json.loads((ex_dir / "tuning.json").read_text())
     result = {
         "lab": f"{args.nodes} nodes, 2 leaves, 400 Mbit/s links", "sizes": args.sizes, "repeats": args.repeats,
         "pairs": args.pairs,
@@ -134,7 +142,7 @@ def main() -> int:
                     "decisions": hv_summary["decisions"], "rejected": hv_summary["ops"][0]["rejected"]},
         "agreement": compare(exh, hv_summary),
         "verify": {"rc": ver.returncode, "wall_s": ver_wall, "output": ver.stdout.strip().splitlines()[-6:]},
-        "dirs": str(work),
+        "dirs": [str(ex_dir), str(work / "halving")],
     }
     result["search_time_ratio"] = result["halving"]["search_s"] / result["exhaustive"]["search_s"]
     result["with_confirm_ratio"] = result["halving"]["with_confirm_s"] / result["exhaustive"]["with_confirm_s"]

@@ -90,15 +90,16 @@ def test_verify_holds_then_fails_when_the_gain_is_gone(tuned, monkeypatch):
 def test_a_hanging_or_dying_candidate_is_bounded_and_recorded(tmp_path):
     import time
 
-    from fabricbench.tune.runner import run_candidate
+    from fabricbench.tune.runner import run_candidate, run_with_retry
     from fabricbench.tune.search import Candidate
 
     spec = _spec(timeout_s=2, grace_s=0, inject={"hangs": "hang@0", "dies": "die@1"})
     t0 = time.monotonic()
     hung = run_candidate(spec, Candidate("hangs"), tmp_path / "h", 0, "search")
     assert hung.status == "timeout" and "stopped" in hung.reason and time.monotonic() - t0 < 15
-    died = run_candidate(_spec(inject={"dies": "die@1"}), Candidate("dies"), tmp_path / "d", 0, "search")
-    assert died.status == "failed" and "killed by SIGKILL" in died.reason
+    died = run_with_retry(_spec(inject={"dies": "die@1"}), Candidate("dies"), tmp_path / "d", 0, "search")
+    assert died.status == "failed" and "killed by SIGKILL" in died.reason and "twice" in died.reason
+    assert died.retried.startswith("failed: exit code 1") and (tmp_path / "d-retry").is_dir()
 
 
 def test_plan_over_budget_is_refused(tmp_path):

@@ -204,7 +204,7 @@ def measurements_frame(results) -> pd.DataFrame:
     for r in results:
         for s in r.ledger.samples:
             base = {"op": r.op, "phase": s.phase, "round": s.round, "candidate": s.candidate, "status": s.status,
-                    "reason": s.reason, "nwrong": s.nwrong, "wall_s": s.wall_s, "run_dir": s.run_dir}
+                    "reason": s.reason, "nwrong": s.nwrong, "wall_s": s.wall_s, "run_dir": s.run_dir, "retried": s.retried}
             if not s.times_us:
                 rows.append({**base, "size_bytes": None, "time_us": None, "busbw_gbps": None})
             for size, t in sorted(s.times_us.items()):

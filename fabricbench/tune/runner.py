@@ -92,6 +92,20 @@ def run_candidate(spec: RunSpec, cand: Candidate, out_dir: Path, rnd: int, phase
     return sample
 
 
+def run_with_retry(spec: RunSpec, cand: Candidate, out_dir: Path, rnd: int, phase: str,
+                   extra_env: dict[str, str] | None = None) -> Sample:
+    """A run that crashed or hung is tried once more (ranks do die at start-up for reasons that have nothing to
+    do with the candidate, e.g. a segfault in MPI_Init on a busy node); wrong data is never retried."""
+    first = run_candidate(spec, cand, out_dir, rnd, phase, extra_env)
+    if first.status not in ("failed", "timeout"):
+        return first
+    second = run_candidate(spec, cand, out_dir.with_name(out_dir.name + "-retry"), rnd, phase, extra_env)
+    second.retried = f"{first.status}: {first.reason}"
+    if not second.ok:
+        second.reason = f"{second.reason} (twice; first: {first.reason})"
+    return second
+
+
 def _read_back(sample: Sample, out_dir: Path, rc: int | None, log: Path) -> None:
     rows = None
     if (out_dir / RESULTS_FILE).exists():

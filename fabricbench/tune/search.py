@@ -48,6 +48,8 @@ class Sample:
     nwrong: int = 0
     wall_s: float = 0.0
     run_dir: str = ""
+    retried: str = ""  # why a first attempt crashed or hung, when this sample is the retry
+
 
     @property
     def ok(self) -> bool:

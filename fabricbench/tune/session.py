@@ -19,7 +19,7 @@ import numpy as np
 
 from fabricbench.errors import UsageError
 from fabricbench.tune.outputs import Decision, tuned_env_for, write_outputs
-from fabricbench.tune.runner import RunSpec, describe, run_candidate
+from fabricbench.tune.runner import RunSpec, describe, run_with_retry
 from fabricbench.tune.search import (Candidate, DefaultFailed, Ledger, Sample, coordinate_descent, exhaustive,
                                      per_size_best, successive_halving)
 from fabricbench.tune.space import DEFAULT, Space, build_space
@@ -90,8 +90,10 @@ class Tuner:
         def measure(cand: Candidate, rnd: int, phase: str) -> Sample:
             self._seq += 1
             safe = "".join(ch if ch.isalnum() or ch in "-_=." else "_" for ch in cand.name)
-            sample = run_candidate(spec, cand, self.runs_dir / op / f"{self._seq:04d}-{phase}-{safe}", rnd, phase)
+            sample = run_with_retry(spec, cand, self.runs_dir / op / f"{self._seq:04d}-{phase}-{safe}", rnd, phase)
             mark = "ok" if sample.ok else f"REJECTED ({sample.status}: {sample.reason})"
+            if sample.retried:
+                mark += f" (retried after {sample.retried})"
             self.echo(f"  [{self._seq:3d}] {phase:10s} r{rnd} {cand.name:38s} {sample.wall_s:6.1f} s  {mark}")
             return sample
 

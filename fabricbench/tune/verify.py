@@ -13,7 +13,7 @@ import numpy as np
 
 from fabricbench.errors import UsageError
 from fabricbench.tune.outputs import JSON_FILE, tuning_env
-from fabricbench.tune.runner import RunSpec, run_candidate
+from fabricbench.tune.runner import RunSpec, run_with_retry
 from fabricbench.tune.search import Candidate
 from fabricbench.tune.stats import RatioCI, ratio_ci
 
@@ -56,7 +56,7 @@ def verify(directory: Path, pairs: int, echo, spec_override: dict | None = None)
     for k in range(pairs):
         order = (default, tuned) if k % 2 == 0 else (tuned, default)
         for cand in order:
-            s = run_candidate(spec, cand, runs / f"{k:02d}-{cand.name}", k, "verify")
+            s = run_with_retry(spec, cand, runs / f"{k:02d}-{cand.name}", k, "verify")
             echo(f"  verify pair {k + 1}/{pairs} {cand.name:8s} {s.wall_s:5.1f} s {'ok' if s.ok else s.status + ': ' + s.reason}")
             if not s.ok:
                 raise_from = "the tuned configuration" if cand is tuned else "the defaults"
