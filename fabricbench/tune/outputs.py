@@ -200,10 +200,12 @@ def tuning_env(directory: Path) -> dict[str, str]:
 
 # -- writing everything -----------------------------------------------------------------------------------------
 def measurements_frame(results) -> pd.DataFrame:
+    """Every sample of every op (results: objects with .op and .ledger.samples, or (op, [Sample]) pairs)."""
     rows = []
     for r in results:
-        for s in r.ledger.samples:
-            base = {"op": r.op, "phase": s.phase, "round": s.round, "candidate": s.candidate, "status": s.status,
+        op, samples = (r.op, r.ledger.samples) if hasattr(r, "ledger") else r
+        for s in samples:
+            base = {"op": op, "phase": s.phase, "round": s.round, "candidate": s.candidate, "status": s.status,
                     "reason": s.reason, "nwrong": s.nwrong, "wall_s": s.wall_s, "run_dir": s.run_dir, "retried": s.retried}
             if not s.times_us:
                 rows.append({**base, "size_bytes": None, "time_us": None, "busbw_gbps": None})

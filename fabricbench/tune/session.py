@@ -84,6 +84,7 @@ class Tuner:
         self.runs_dir = opts.out / "runs"
         self._seq = 0
         self.context: dict = {}
+        self.measured: dict[str, list[Sample]] = {}  # every run so far, saved after each (partial results kept)
 
     # -- measuring --------------------------------------------------------------------------------------------
     def _measure(self, spec: RunSpec, op: str) -> Callable[[Candidate, int, str], Sample]:
@@ -91,6 +92,8 @@ class Tuner:
             self._seq += 1
             safe = "".join(ch if ch.isalnum() or ch in "-_=." else "_" for ch in cand.name)
             sample = run_with_retry(spec, cand, self.runs_dir / op / f"{self._seq:04d}-{phase}-{safe}", rnd, phase)
+            self.measured.setdefault(op, []).append(sample)
+            self._save_partial()
             mark = "ok" if sample.ok else f"REJECTED ({sample.status}: {sample.reason})"
             if sample.retried:
                 mark += f" (retried after {sample.retried})"
@@ -98,6 +101,14 @@ class Tuner:
             return sample
 
         return measure
+
+    def _save_partial(self) -> None:
+        from fabricbench.results.io import atomic_write_bytes
+        from fabricbench.tune.outputs import PARQUET, measurements_frame
+
+        frame = measurements_frame(list(self.measured.items()))
+        if len(frame):
+            atomic_write_bytes(self.opts.out / PARQUET, frame.to_parquet(index=False))
 
     # -- one op -----------------------------------------------------------------------------------------------
     def tune_op(self, op: str, nranks: int, baseline: Sample) -> OpResult:
