@@ -167,8 +167,14 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no table (files are still written)."),
         allow_many_ranks: bool = typer.Option(False, "--allow-many-ranks", help="Start --nprocs ranks even above "
                                               "this machine's limit (4 per core, 256 MiB of memory each)."),
+        tuning: str = typer.Option(None, "--tuning", help="Apply a directory written by 'fabricbench tune' (its "
+                                   "nccl.env, NCCL tuner config, Open MPI rules + MCA parameters) to the ranks."),
     ) -> None:
         """Run collective and P2P benchmarks: locally on N ranks, or as one rank under torchrun/srun/mpirun."""
+        if tuning:  # before any rank or library starts: NCCL and MPI read these once per process
+            from fabricbench.tune.outputs import tuning_env
+
+            os.environ.update(tuning_env(Path(tuning)))
         from fabricbench.backends import resolve_backend
         from fabricbench.engine.ranks import discover, in_external_launcher, in_slurm_allocation_outside_step
 

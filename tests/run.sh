@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=""
-  for pkg in openmpi-bin libopenmpi-dev slurmctld slurmd slurm-client iproute2 util-linux make; do
+  for pkg in openmpi-bin libopenmpi-dev slurmctld slurmd slurm-client iproute2 util-linux make gcc; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
   done
   if [ -n "$need" ]; then
