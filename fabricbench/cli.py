@@ -22,6 +22,7 @@ AREAS = [
     "fabricbench.slurm.cli",  # submit, collect, sweep
     "fabricbench.lab.cli",  # lab up|down|degrade|heal|status|env
     "fabricbench.analyze.cli",  # analyze, simulate
+    "fabricbench.health.cli",  # health node|checks|run|history|query|report|schedule
 ]
 
 
