@@ -142,7 +142,12 @@ def query(directory, sql: str):
 
     con = connect(directory)
     try:
-        return con.execute(sql).fetch_arrow_table()
+        rel = con.sql(sql)
+        if rel is None:  # a statement without a result (SET, CREATE VIEW)
+            import pyarrow as pa
+
+            return pa.table({})
+        return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
     except duckdb.Error as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"query failed: {first} (views: measurements, states; see docs/health.md)") from None

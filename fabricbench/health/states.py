@@ -118,7 +118,7 @@ def compute(df: pd.DataFrame, p: Params | None = None, evidence_n: int = 6) -> p
             if metric == CHECK_METRIC and state in ("suspect", "regressed"):
                 state = "failed"
             run_ids, ts = g["run_id"].to_numpy(), g["run_ts"].to_numpy()
-            goods = np.flatnonzero(low == 0)
+            goods = np.flatnonzero(low != 1)  # judged ok, or part of the first baseline
             lg = goods[-1] if len(goods) else None
             b = base[-1]
             first = start if start >= 0 else None
