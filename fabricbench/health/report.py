@@ -53,10 +53,12 @@ def history_text(directory, component: str | None, all_states: bool) -> str:
     shown = shown[shown["component_kind"] != "pair"] if not all_states else shown
     if shown.empty:
         lines.append("every component ok or new" if len(st) else "no states yet (no sweep run)")
-    for r in shown.sort_values(["state", "component"]).itertuples(index=False):
-        lines.append(f"{r.state:9s} {r.component:24s} {r.metric:26s} {_fmt(r.value, r.metric)} vs baseline "
-                     f"{_fmt(r.baseline, r.metric)}; first seen {r.first_seen_run or '-'}, last good {r.last_good_run or '-'}")
+    lines += state_lines(shown, limit=10_000)
     return "\n".join(lines) + "\n"
+
+
+def _s(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
 
 
 def _fmt(v, metric: str) -> str:
@@ -80,13 +82,32 @@ def gather(directory, since: timedelta) -> dict:
     return {"states": st, "trend": trend, "heat": heat, "runs": nruns, "since": since, "last_run": last_run}
 
 
-def exit_code(data: dict) -> int:
-    st = data["states"]
-    if not st.empty and st["state"].isin(BAD).any():
+CONFIRMED = ("regressed", "flapping", "failed")
+
+
+def exit_code_of(st: pd.DataFrame, runs: int) -> int:
+    """1: a confirmed problem (regressed, flapping, a failed check); 3: only a suspect reading (one night is not
+    a fault: nobody is woken up for it) or nothing to compare with yet; 0: every component ok or recovered."""
+    if not st.empty and st["state"].isin(CONFIRMED).any():
         return 1
-    if data["runs"] == 0 or st.empty or (st["state"] == "new").all():
+    if runs == 0 or st.empty or (st["state"] == "new").all() or st["state"].eq("suspect").any():
         return 3
     return 0
+
+
+def exit_code(data: dict) -> int:
+    return exit_code_of(data["states"], data["runs"])
+
+
+def state_lines(st: pd.DataFrame, limit: int = 40) -> list[str]:
+    """One line per component not ok (NICs, uplinks, checks first; then pairs), with first seen and last good."""
+    if st.empty:
+        return []
+    order = st.assign(_pair=st["component_kind"].eq("pair")).sort_values(["_pair", "state", "component", "metric"])
+    lines = [f"{r.state:9s} {r.component} {r.metric}: {_fmt(r.value, r.metric)} vs baseline {_fmt(r.baseline, r.metric)}"
+             f" (first seen {_s(r.first_seen_run)}, last good {_s(r.last_good_run)})"
+             for r in order.itertuples(index=False)]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more (fabricbench health history --all)"] if len(lines) > limit else [])
 
 
 def regressions(st: pd.DataFrame) -> pd.DataFrame:
@@ -168,8 +189,8 @@ def render_html(data: dict, plots: int = 24) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(r.state)}</td><td>{html.escape(r.component)}</td><td>{html.escape(r.metric)}</td>"
         f"<td>{_fmt(r.value, r.metric)}</td><td>{_fmt(r.baseline, r.metric)}</td>"
-        f"<td>{'' if pd.isna(r.drop) else f'{100 * r.drop:.0f}%'}</td><td>{html.escape(str(r.first_seen_run or '-'))}</td>"
-        f"<td>{html.escape(str(r.last_good_run or '-'))}</td><td>{html.escape(str(r.evidence or ''))}</td></tr>"
+        f"<td>{'' if pd.isna(r.drop) else f'{100 * r.drop:.0f}%'}</td><td>{html.escape(_s(r.first_seen_run))}</td>"
+        f"<td>{html.escape(_s(r.last_good_run))}</td><td>{html.escape(str(r.evidence or ''))}</td></tr>"
         for r in reg.itertuples(index=False))
     counts = st["state"].value_counts().to_dict() if not st.empty else {}
     plots_html = "".join(f'<figure><img alt="trend {html.escape(c)}" src="{p}"></figure>' for c, p in _trend_plots(data, plots))
@@ -196,7 +217,7 @@ def render_md(data: dict) -> str:
              "| state | component | metric | latest | baseline | drop | first seen | last good |", "|---|---|---|---|---|---|---|---|"]
     for r in reg.itertuples(index=False):
         lines.append(f"| {r.state} | {r.component} | {r.metric} | {_fmt(r.value, r.metric)} | {_fmt(r.baseline, r.metric)} | "
-                     f"{'' if pd.isna(r.drop) else f'{100 * r.drop:.0f}%'} | {r.first_seen_run or '-'} | {r.last_good_run or '-'} |")
+                     f"{'' if pd.isna(r.drop) else f'{100 * r.drop:.0f}%'} | {_s(r.first_seen_run)} | {_s(r.last_good_run)} |")
     if reg.empty:
         lines.append("| - | nothing regressed | | | | | | |")
     return "\n".join(lines) + "\n"
@@ -210,7 +231,7 @@ def render_junit(data: dict) -> str:
         name = html.escape(f"{r.component} {r.metric}", quote=True)
         if r.state in BAD:
             msg = html.escape(f"{r.state}: {_fmt(r.value, r.metric)} vs baseline {_fmt(r.baseline, r.metric)}, first seen "
-                              f"{r.first_seen_run}", quote=True)
+                              f"{_s(r.first_seen_run)}", quote=True)
             cases.append(f'<testcase classname="health.{r.component_kind}" name="{name}"><failure message="{msg}"/></testcase>')
         elif r.state == "new":
             cases.append(f'<testcase classname="health.{r.component_kind}" name="{name}"><skipped message="new: no baseline yet"/></testcase>')

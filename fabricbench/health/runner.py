@@ -18,7 +18,7 @@ import pandas as pd
 
 from fabricbench.errors import UsageError
 from fabricbench.health import history as hist
-from fabricbench.health import lifecycle, rows, states
+from fabricbench.health import lifecycle, report, rows, states
 from fabricbench.health.plan import make_plan
 
 DEFAULT_ROUND_S = 10.0
@@ -201,19 +201,11 @@ def run(opts: RunOptions) -> int:
     echo(f"spent: {spent:.0f} s wall (sweep {sweep_s:.0f} s; estimate {plan.est_wall_s:.0f} s), "
          f"{meta['spent_gpu_hours']:.3f} GPU-hours; budget {opts.budget_s:.0f} s")
     echo(f"analyze: {status}; {len(verdicts)} verdict(s)" + "".join(f"\n  {v['summary']}" for v in verdicts[:8]))
-    for r in bad.itertuples(index=False):
-        if r.component_kind in ("pair",):
-            continue
-        echo(f"{r.state:9s} {r.component} {r.metric}: {r.value / 1e9 if 'bytes' in r.metric else r.value:.4g}"
-             f"{' GB/s' if 'bytes' in r.metric else ''} vs baseline {r.baseline / 1e9 if 'bytes' in r.metric else r.baseline:.4g}"
-             f" (first seen {r.first_seen_run}, last good {r.last_good_run})")
+    for line in report.state_lines(bad, limit=40):
+        echo(line)
     for a in actions:
         echo(f"{a['action']:12s} {a['node']}: {a['why']}")
-    if not bad.empty and bad["state"].isin(["suspect", "regressed", "flapping", "failed"]).any():
-        return 1
-    if st.empty or (st["state"] == "new").all():
-        return 3
-    return 0
+    return report.exit_code_of(st, runs=1)
 
 
 def _analyze(out: Path, fabric) -> tuple[list[dict], str]:
