@@ -36,10 +36,11 @@ class Params:
     recent: int = 6  # readings looked at for flapping / recovered
 
 
-def _mad_rel(values: np.ndarray, base: float) -> float:
-    if len(values) < 2 or base <= 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(values - np.median(values))) / base)
+def _median(xs: list[float]) -> float:
+    # the windows hold a handful of readings: sorting a short list beats numpy's per-call overhead 50-fold
+    s = sorted(xs)
+    m = len(s) // 2
+    return s[m] if len(s) % 2 else 0.5 * (s[m - 1] + s[m])
 
 
 def classify(values: np.ndarray, is_check: bool, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -49,19 +50,20 @@ def classify(values: np.ndarray, is_check: bool, p: Params) -> tuple[np.ndarray,
     base = np.full(n, np.nan)
     noise = np.full(n, np.nan)
     good: list[float] = []
-    for i, v in enumerate(values):
+    for i, v in enumerate(values.tolist()):
         if is_check:
             low[i] = 0 if v >= 1 else 1
             base[i] = 1.0
             continue
         if len(good) >= p.min_base:
-            ref = np.asarray(good[-p.window:])
-            b = float(np.median(ref))
-            nz = max(p.noise_floor, _mad_rel(ref, b))
+            ref = good[-p.window:]
+            b = _median(ref)
+            rel = 1.4826 * _median([abs(x - b) for x in ref]) / b if b > 0 else 0.0
+            nz = max(p.noise_floor, rel)
             base[i], noise[i] = b, nz
             low[i] = 1 if v < b * (1.0 - max(p.drop, p.sigmas * nz)) else 0
-        if low[i] != 1 and np.isfinite(v):
-            good.append(float(v))
+        if low[i] != 1 and v == v:  # not NaN
+            good.append(v)
     return low, base, noise, low >= 0
 
 
@@ -106,25 +108,35 @@ def compute(df: pd.DataFrame, p: Params | None = None, evidence_n: int = 6) -> p
             "metric": last["metric"], "state": "new", "value": last["value"], "baseline": np.nan, "noise": np.nan,
             "drop": np.nan, "first_seen_run": None, "first_seen_ts": pd.NaT, "last_good_run": None,
             "last_good_ts": pd.NaT, "low_runs": 0, "evidence": None, "run_id": last["run_id"], "run_ts": last["run_ts"]}))
-    long_keys = set(sizes.index.difference(short.index))
+    long_idx = sizes.index.difference(short.index)
     rows = []
-    if long_keys:
+    if len(long_idx):
         sub = df.set_index(keys)
-        sub = sub[sub.index.isin(long_keys)].reset_index()
-        for (comp, metric), g in sub.groupby(keys, sort=False):
-            values = g["value"].to_numpy(dtype=float)
+        sub = sub[sub.index.isin(long_idx)].reset_index()  # still sorted by component, metric, run_ts
+        comp_a = sub["component"].to_numpy(dtype=object)
+        metric_a = sub["metric"].to_numpy(dtype=object)
+        kind_a = sub["component_kind"].to_numpy(dtype=object)
+        node_a = sub["node"].to_numpy(dtype=object)
+        value_a = sub["value"].to_numpy(dtype=float)
+        run_a = sub["run_id"].to_numpy(dtype=object)
+        ts_a = sub["run_ts"].to_numpy()
+        change = np.flatnonzero((comp_a[1:] != comp_a[:-1]) | (metric_a[1:] != metric_a[:-1])) + 1
+        bounds = np.concatenate([[0], change, [len(sub)]])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            metric = metric_a[lo]
+            values = value_a[lo:hi]
             low, base, noise, _ = classify(values, metric == CHECK_METRIC, p)
             state, start = state_of(low, p)
             if metric == CHECK_METRIC and state in ("suspect", "regressed"):
                 state = "failed"
-            run_ids, ts = g["run_id"].to_numpy(), g["run_ts"].to_numpy()
+            run_ids, ts = run_a[lo:hi], ts_a[lo:hi]
             goods = np.flatnonzero(low != 1)  # judged ok, or part of the first baseline
             lg = goods[-1] if len(goods) else None
             b = base[-1]
             first = start if start >= 0 else None
             ev = "; ".join(f"{run_ids[i]}: {values[i]:.4g}{' low' if low[i] == 1 else ''}"
                            for i in range(max(0, len(values) - evidence_n), len(values)))
-            rows.append({"component_kind": g["component_kind"].iat[-1], "component": comp, "node": g["node"].iat[-1],
+            rows.append({"component_kind": kind_a[hi - 1], "component": comp_a[lo], "node": node_a[hi - 1],
                          "metric": metric, "state": state, "value": values[-1], "baseline": b, "noise": noise[-1],
                          "drop": (1.0 - values[-1] / b) if np.isfinite(b) and b > 0 else np.nan,
                          "first_seen_run": run_ids[first] if first is not None else None,
