@@ -89,7 +89,7 @@ def _child(task: str, directory: str) -> None:
         from fabricbench.health import states
 
         con = hist.connect(directory)
-        series = states.load_series(con, since_runs=30)
+        series = states.load_series(con)
         st = states.compute(series)
         from fabricbench.health.runner import _state_table
 

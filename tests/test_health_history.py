@@ -177,3 +177,19 @@ def test_scrontab_entry_and_merge():
     assert merged.count(schedule.BEGIN) == 1 and "30 * * * * other job" in merged
     with pytest.raises(Exception, match="five cron fields"):
         schedule.entry("every night", [], None, "60", "python3")
+
+
+def test_matrix_classifier_matches_the_series_rule():
+    rng = np.random.default_rng(3)
+    p = states.Params()
+    series = [40e9 * np.exp(rng.normal(0, 0.05, n)) * np.where(np.arange(n) >= n // 2, rng.choice([1, 0.6]), 1)
+              for n in rng.integers(3, 30, 50)]
+    width = max(len(s) for s in series)
+    mat = np.full((len(series), width), np.nan)
+    for i, s in enumerate(series):
+        mat[i, width - len(s):] = s
+    low, base, _ = states.classify_matrix(mat, p)
+    for i, s in enumerate(series):
+        one_low, one_base, _, _ = states.classify(s, False, p)
+        assert (low[i, width - len(s):] == one_low).all()
+        assert np.allclose(base[i, width - len(s):], one_base, equal_nan=True)

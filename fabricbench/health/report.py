@@ -137,10 +137,12 @@ def _trend_plots(data: dict, limit: int) -> list[tuple[str, str]]:
         return []
     # Components not ok first, then the rest, up to `limit` plots (a fleet of thousands gets its worst ones).
     order = list(regressions(st)["component"]) if not st.empty else []
-    comps = [c for c in dict.fromkeys(order + list(trend["component"].unique())) if c in set(trend["component"])][:limit]
+    present = set(trend["component"].unique())
+    comps = [c for c in dict.fromkeys(order + sorted(present)) if c in present][:limit]
     out = []
+    by_comp = {c: g for c, g in trend[trend["component"].isin(comps)].groupby("component")}
     for comp in comps:
-        g = trend[trend["component"] == comp]
+        g = by_comp[comp]
         fig, ax = plt.subplots(figsize=(5, 2.2))
         for metric, m in g.groupby("metric"):
             ax.plot(m["run_ts"], m["value"] / 1e9, marker="o", ms=3, label=metric.split("_")[0])

@@ -180,7 +180,7 @@ def run(opts: RunOptions) -> int:
     hist.append_measurements(directory, run_id, "sweep", data)
     verdicts, status = _analyze(out, fabric)
     con = hist.connect(directory)
-    series = states.load_series(con, since_runs=30)
+    series = states.load_series(con)
     st = states.compute(series, opts.params)
     hist.write_states(directory, run_id, _state_table(st, run_id, ts))
     actions = _lifecycle(opts, st, con, nodes, retest, run_id, apply)

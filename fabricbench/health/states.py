@@ -67,6 +67,36 @@ def classify(values: np.ndarray, is_check: bool, p: Params) -> tuple[np.ndarray,
     return low, base, noise, low >= 0
 
 
+def classify_matrix(values: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`classify` for many bandwidth series at once: `values` is series x time, NaN where a series has no
+    reading (shorter series are padded at the start). The same rule, one time step at a time over all series."""
+    s, t = values.shape
+    low = np.full((s, t), -1, dtype=np.int8)
+    base = np.full((s, t), np.nan)
+    noise = np.full((s, t), np.nan)
+    buf = np.full((s, p.window), np.nan)  # each series' last `window` good readings, newest last
+    count = np.zeros(s, dtype=np.int64)
+    rows = np.arange(s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for j in range(t):
+            v = values[:, j]
+            have = ~np.isnan(v)
+            judge = have & (count >= p.min_base)
+            if judge.any():
+                b = np.nanmedian(buf[judge], axis=1)
+                rel = 1.4826 * np.nanmedian(np.abs(buf[judge] - b[:, None]), axis=1) / b
+                nz = np.maximum(p.noise_floor, np.where(b > 0, rel, 0.0))
+                base[judge, j], noise[judge, j] = b, nz
+                low[judge, j] = (v[judge] < b * (1.0 - np.maximum(p.drop, p.sigmas * nz))).astype(np.int8)
+            good = have & (low[:, j] != 1)
+            if good.any():
+                g = rows[good]
+                buf[g, :-1] = buf[g, 1:]
+                buf[g, -1] = v[good]
+                count[g] += 1
+    return low, base, noise
+
+
 def state_of(low: np.ndarray, p: Params) -> tuple[str, int]:
     """(state, index where the current low stretch began or -1)."""
     if low[-1] < 0:
@@ -89,30 +119,37 @@ def state_of(low: np.ndarray, p: Params) -> tuple[str, int]:
 
 def compute(df: pd.DataFrame, p: Params | None = None, evidence_n: int = 6) -> pd.DataFrame:
     """`df`: measurements (component_kind, component, node, metric, run_id, run_ts, value) of the judged
-    metrics. Returns one state row per series (STATE_SCHEMA columns, run_id = the latest run)."""
+    metrics; `load_series` output (sorted, with `n` = the series' length, short series reduced to their last
+    reading) or any frame (sorted and counted here). Returns one state row per series (STATE_SCHEMA columns,
+    run_id = the series' latest run)."""
     p = p or Params()
     cols = ["component_kind", "component", "node", "metric", "state", "value", "baseline", "noise", "drop",
             "first_seen_run", "first_seen_ts", "last_good_run", "last_good_ts", "low_runs", "evidence", "run_id", "run_ts"]
     if df.empty:
         return pd.DataFrame(columns=cols)
-    df = df.sort_values(["component", "metric", "run_ts"], kind="stable")
+    if "n" not in df.columns:
+        df = df.sort_values(["component", "metric", "run_ts"], kind="stable")
+        df = df.assign(n=df.groupby(["component", "metric"], sort=False)["value"].transform("size"))
+    comp_a = df["component"].to_numpy(dtype=object)
+    metric_a = df["metric"].to_numpy(dtype=object)
+    n_a = df["n"].to_numpy()
+    is_check = metric_a == CHECK_METRIC
+    short = (n_a <= p.min_base) & ~is_check
     out = []
-    keys = ["component", "metric"]
-    sizes = df.groupby(keys, sort=False).size()
-    is_check_series = sizes.index.get_level_values("metric") == CHECK_METRIC
-    short = sizes[(sizes <= p.min_base) & ~is_check_series]
-    if len(short):  # too few readings for any baseline: 'new' in bulk (most pairs of a random-K sweep)
-        last = df.groupby(keys, sort=False).tail(1).set_index(keys).loc[short.index].reset_index()
+    if short.any():  # too few readings for any baseline: 'new' in bulk (most pairs of a random-K sweep)
+        last_of_series = np.ones(len(df), dtype=bool)
+        last_of_series[:-1] = (comp_a[1:] != comp_a[:-1]) | (metric_a[1:] != metric_a[:-1])
+        last = df[short & last_of_series]
         out.append(pd.DataFrame({
-            "component_kind": last["component_kind"], "component": last["component"], "node": last["node"],
-            "metric": last["metric"], "state": "new", "value": last["value"], "baseline": np.nan, "noise": np.nan,
-            "drop": np.nan, "first_seen_run": None, "first_seen_ts": pd.NaT, "last_good_run": None,
-            "last_good_ts": pd.NaT, "low_runs": 0, "evidence": None, "run_id": last["run_id"], "run_ts": last["run_ts"]}))
-    long_idx = sizes.index.difference(short.index)
+            "component_kind": last["component_kind"].to_numpy(dtype=object), "component": last["component"].to_numpy(dtype=object),
+            "node": last["node"].to_numpy(dtype=object), "metric": last["metric"].to_numpy(dtype=object), "state": "new",
+            "value": last["value"].to_numpy(dtype=float), "baseline": np.nan, "noise": np.nan, "drop": np.nan,
+            "first_seen_run": None, "first_seen_ts": pd.NaT, "last_good_run": None, "last_good_ts": pd.NaT,
+            "low_runs": 0, "evidence": None, "run_id": last["run_id"].to_numpy(dtype=object),
+            "run_ts": last["run_ts"].to_numpy()}))
+    sub = df[~short]
     rows = []
-    if len(long_idx):
-        sub = df.set_index(keys)
-        sub = sub[sub.index.isin(long_idx)].reset_index()  # still sorted by component, metric, run_ts
+    if len(sub):
         comp_a = sub["component"].to_numpy(dtype=object)
         metric_a = sub["metric"].to_numpy(dtype=object)
         kind_a = sub["component_kind"].to_numpy(dtype=object)
@@ -122,10 +159,25 @@ def compute(df: pd.DataFrame, p: Params | None = None, evidence_n: int = 6) -> p
         ts_a = sub["run_ts"].to_numpy()
         change = np.flatnonzero((comp_a[1:] != comp_a[:-1]) | (metric_a[1:] != metric_a[:-1])) + 1
         bounds = np.concatenate([[0], change, [len(sub)]])
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        lengths = np.diff(bounds)
+        # every bandwidth series judged at once (series x time, right-aligned); checks one by one (absolute rule)
+        bw = np.flatnonzero(metric_a[bounds[:-1]] != CHECK_METRIC)
+        mat_of = {}
+        if len(bw):
+            width = int(lengths[bw].max())
+            mat = np.full((len(bw), width), np.nan)
+            for r, k in enumerate(bw.tolist()):
+                mat[r, width - lengths[k]:] = value_a[bounds[k]:bounds[k + 1]]
+            m_low, m_base, m_noise = classify_matrix(mat, p)
+            mat_of = {k: r for r, k in enumerate(bw.tolist())}
+        for k, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
             metric = metric_a[lo]
             values = value_a[lo:hi]
-            low, base, noise, _ = classify(values, metric == CHECK_METRIC, p)
+            if k in mat_of:
+                r, n = mat_of[k], hi - lo
+                low, base, noise = m_low[r, -n:], m_base[r, -n:], m_noise[r, -n:]
+            else:
+                low, base, noise, _ = classify(values, metric == CHECK_METRIC, p)
             state, start = state_of(low, p)
             if metric == CHECK_METRIC and state in ("suspect", "regressed"):
                 state = "failed"
@@ -151,15 +203,36 @@ def compute(df: pd.DataFrame, p: Params | None = None, evidence_n: int = 6) -> p
     return res[cols]
 
 
-def load_series(con, since_runs: int | None = 30) -> pd.DataFrame:
-    """The judged metrics of the last `since_runs` runs (all with None), from a history connection."""
+def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 120, min_base: int = Params.min_base) -> pd.DataFrame:
+    """The judged metrics, sorted by series and time, from a history connection: pairs over their last
+    `pair_runs` runs, every other component (NIC, uplink, checks: a few per node) over `component_runs` runs, so
+    a regression stays one for months, not just while its good readings are in a short window. A failed
+    measurement is a reading of 0. Series too short to judge come back as their last reading only."""
     metrics = ", ".join(f"'{m}'" for m in (*BANDWIDTH_METRICS, CHECK_METRIC))
-    recent = "" if since_runs is None else (
-        f"AND run_ts >= (SELECT min(run_ts) FROM (SELECT DISTINCT run_ts FROM measurements "
-        f"ORDER BY run_ts DESC LIMIT {int(since_runs)}))")
-    sql = (f"SELECT component_kind, component, node, metric, run_id, run_ts, median(coalesce(value, "
-           f"CASE WHEN status IN ('failed', 'fail') THEN 0 END)) AS value "
-           f"FROM measurements WHERE metric IN ({metrics}) AND (value IS NOT NULL OR status IN ('failed', 'fail')) "
-           f"{recent} "
-           f"GROUP BY ALL")
-    return con.execute(sql).df()
+
+    def since(k):
+        # the cutoff as a literal: DuckDB then skips whole files (one run each) by their run_ts statistics
+        if k is None:
+            return "TRUE"
+        cut = con.execute(f"SELECT min(run_ts) FROM (SELECT DISTINCT run_ts FROM measurements ORDER BY run_ts DESC "
+                          f"LIMIT {int(k)})").fetchone()[0]
+        return "TRUE" if cut is None else f"run_ts >= TIMESTAMPTZ '{cut.isoformat()}'"
+
+    # one row per (component, metric, run) by construction (rows.py takes each pair's median over repeats)
+    sql = f"""
+    WITH m AS (
+      SELECT component_kind, component, node, metric, run_id, run_ts,
+             coalesce(value, CASE WHEN status IN ('failed', 'fail') THEN 0 END) AS value
+      FROM measurements
+      WHERE metric IN ({metrics}) AND (value IS NOT NULL OR status IN ('failed', 'fail'))
+        AND ((component_kind = 'pair' AND {since(pair_runs)}) OR (component_kind <> 'pair' AND {since(component_runs)}))),
+    s AS (
+      SELECT *, count(*) OVER (PARTITION BY component, metric) AS n,
+             row_number() OVER (PARTITION BY component, metric ORDER BY run_ts DESC) AS rn
+      FROM m)
+    SELECT component_kind, component, node, metric, run_id, run_ts, value, n FROM s
+    WHERE n > {int(min_base)} OR metric = '{CHECK_METRIC}' OR rn = 1
+    ORDER BY component, metric, run_ts"""
+    data = con.execute(sql).fetchnumpy()
+    return pd.DataFrame({k: (np.asarray(v, dtype=object) if k in ("component_kind", "component", "node", "metric", "run_id")
+                             else np.asarray(v)) for k, v in data.items()})
