@@ -129,7 +129,7 @@ def connect(directory, memory_limit: str | None = None):
         files = base / sub
         if files.is_dir() and any(files.glob("*.parquet")):
             glob = str(files / "*.parquet").replace("'", "''")
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{glob}')")
         else:
             con.register(f"_{view}_empty", schema.empty_table())
             con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_empty")

@@ -207,7 +207,9 @@ def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 12
     """The judged metrics, sorted by series and time, from a history connection: pairs over their last
     `pair_runs` runs, every other component (NIC, uplink, checks: a few per node) over `component_runs` runs, so
     a regression stays one for months, not just while its good readings are in a short window. A failed
-    measurement is a reading of 0. Series too short to judge come back as their last reading only."""
+    measurement is a reading of 0. Series too short to judge come back as their last reading only (state 'new'),
+    except pairs: a random-K sweep meets most pairs once a month, and a pair with nothing to compare with gets
+    no state row at all (its readings still count in its NIC's median)."""
     metrics = ", ".join(f"'{m}'" for m in (*BANDWIDTH_METRICS, CHECK_METRIC))
 
     def since(k):
@@ -219,7 +221,8 @@ def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 12
         return "TRUE" if cut is None else f"run_ts >= TIMESTAMPTZ '{cut.isoformat()}'"
 
     # one row per (component, metric, run) by construction (rows.py takes each pair's median over repeats)
-    sql = f"""
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _series_rows AS
     WITH m AS (
       SELECT component_kind, component, node, metric, run_id, run_ts,
              coalesce(value, CASE WHEN status IN ('failed', 'fail') THEN 0 END) AS value
@@ -230,9 +233,25 @@ def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 12
       SELECT *, count(*) OVER (PARTITION BY component, metric) AS n,
              row_number() OVER (PARTITION BY component, metric ORDER BY run_ts DESC) AS rn
       FROM m)
-    SELECT component_kind, component, node, metric, run_id, run_ts, value, n FROM s
-    WHERE n > {int(min_base)} OR metric = '{CHECK_METRIC}' OR rn = 1
-    ORDER BY component, metric, run_ts"""
-    data = con.execute(sql).fetchnumpy()
-    return pd.DataFrame({k: (np.asarray(v, dtype=object) if k in ("component_kind", "component", "node", "metric", "run_id")
-                             else np.asarray(v)) for k, v in data.items()})
+    SELECT * FROM s
+    WHERE n > {int(min_base)} OR metric = '{CHECK_METRIC}' OR (rn = 1 AND component_kind <> 'pair')""")
+    # Strings once per series and per run, numbers per row: turning half a million rows of strings into Python
+    # objects would cost more than judging them.
+    series = con.execute("SELECT component, metric, any_value(component_kind) AS kind, arg_max(node, run_ts) AS node, "
+                         "any_value(n) AS n FROM _series_rows GROUP BY component, metric ORDER BY component, metric").fetchnumpy()
+    runs = con.execute("SELECT run_ts, any_value(run_id) AS run_id FROM _series_rows GROUP BY run_ts ORDER BY run_ts").fetchnumpy()
+    con.execute("CREATE OR REPLACE TEMP TABLE _series_ids AS SELECT component, metric, "
+                "row_number() OVER (ORDER BY component, metric) - 1 AS sid FROM (SELECT DISTINCT component, metric FROM _series_rows)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _run_ids AS SELECT run_ts, row_number() OVER (ORDER BY run_ts) - 1 AS rid "
+                "FROM (SELECT DISTINCT run_ts FROM _series_rows)")
+    body = con.execute("SELECT i.sid, r.rid, s.value FROM _series_rows s JOIN _series_ids i USING (component, metric) "
+                       "JOIN _run_ids r USING (run_ts) ORDER BY i.sid, r.rid").fetchnumpy()
+    sid, rid = np.asarray(body["sid"], dtype=np.int64), np.asarray(body["rid"], dtype=np.int64)
+
+    def obj(a):
+        return np.asarray(a, dtype=object)
+
+    return pd.DataFrame({"component_kind": obj(series["kind"])[sid], "component": obj(series["component"])[sid],
+                         "node": obj(series["node"])[sid], "metric": obj(series["metric"])[sid],
+                         "run_id": obj(runs["run_id"])[rid], "run_ts": np.asarray(runs["run_ts"])[rid],
+                         "value": np.asarray(body["value"], dtype=float), "n": np.asarray(series["n"])[sid]})
