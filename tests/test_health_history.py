@@ -154,10 +154,10 @@ def test_plan_budget_and_rotation():
     small = plan_mod.make_plan(nodes, budget_s=60, round_s=10, overhead_s=20, gpus_per_node=8)
     assert small.pattern == "random" and small.partners == 4 and small.est_wall_s == 60
     assert small.gpu_hours == pytest.approx(16 * 8 * 60 / 3600)
-    # Rotation: nights until every pair was met, taking the pairs of the last 7 nights as 'recently met'.
+    # Rotation: nights until every pair was met, taking the pairs of the last 90 nights as recently met (as health run).
     met_ever, recent, night = set(), [], 0
     while len(met_ever) < 120 and night < 60:
-        p = plan_mod.make_plan(nodes, 60, 10, 20, recently_met=set().union(*recent[-7:]) if recent else set(), night=night)
+        p = plan_mod.make_plan(nodes, 60, 10, 20, recently_met=set().union(*recent[-90:]) if recent else set(), night=night)
         pairs = {tuple(sorted(x)) for x in p.pairs}
         met_ever |= pairs
         recent.append(pairs)

@@ -63,10 +63,10 @@ def _estimates(directory, opts: RunOptions) -> tuple[float, float, str]:
 
 
 def _history_view(directory) -> tuple[set, list[str]]:
-    """Pairs met in the last 7 runs and yesterday's suspect nodes."""
+    """Pairs met in the last 90 runs (the rotation prefers the others) and yesterday's suspect nodes."""
     con = hist.connect(directory)
     met = con.execute("SELECT DISTINCT node, partner FROM measurements WHERE component_kind = 'pair' AND run_ts >= "
-                      "(SELECT min(run_ts) FROM (SELECT DISTINCT run_ts FROM measurements ORDER BY run_ts DESC LIMIT 7))"
+                      "(SELECT min(run_ts) FROM (SELECT DISTINCT run_ts FROM measurements ORDER BY run_ts DESC LIMIT 90))"
                       ).fetchall()
     sus = con.execute("SELECT DISTINCT node FROM states WHERE run_ts = (SELECT max(run_ts) FROM states) AND "
                       "component_kind IN ('nic', 'node') AND state IN ('suspect', 'regressed', 'flapping', 'failed')"
