@@ -152,3 +152,12 @@ def test_cli_node_quick_exit_codes(tmp_path, h100_tree):
     bad = subprocess.run(cmd[:-2] + ["--nvidia-smi-q", str(tmp_path / "nope")], capture_output=True, text=True,
                          env=env, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no such file" in bad.stderr
+
+
+def test_ports_from_saved_ibstat():
+    src = Sources(ib_ports=DATA / "ibstat-2ca-one-down.txt", node_type=_node_type())
+    res = all_checks()["ports"].fn(src)
+    status = {f.component: f.status for f in res.findings}
+    assert status["mlx5_0:1"] == "pass" and status["mlx5_3:1"] == "fail"
+    assert "state DOWN" in res.summary and "physical state Polling" in res.summary
+    assert sum(s == "fail" for s in status.values()) == 7  # mlx5_3 down, 6 topology NICs absent from this output

@@ -82,3 +82,35 @@ def test_five_runs_regress_drain_resume(lab, tmp_path):
     assert rep.returncode in (0, 3), rep.stdout + rep.stderr
     page = (work / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 6 and "lab3/nic" in page
+
+
+def _tree(root, gpus: int):
+    from test_health_checks import _dev, _port
+
+    for i in range(gpus):
+        _dev(root, f"0000:{0x18 + i:02x}:00.0", "0x10de", "0x030200")
+    for i, ca in enumerate(["mlx5_0", "mlx5_3", "mlx5_4", "mlx5_5", "mlx5_6", "mlx5_9", "mlx5_10", "mlx5_11"]):
+        _port(root, ca, _dev(root, f"0000:{0x40 + i:02x}:00.0", "0x15b3", "0x020700"))
+    return root
+
+
+def test_node_check_drains_and_resumes_only_its_own(lab, tmp_path):
+    bad, good = _tree(tmp_path / "bad", 7), _tree(tmp_path / "good", 8)
+
+    def node(name, tree):
+        return lab.fabricbench("health", "node", "--quick", "--no-live", "--node", name, "--sysfs-root", str(tree),
+                               "--topology", "dgx-h100", "--check", "gpus", "--check", "pcie", "--check", "ports",
+                               "--state-dir", str(tmp_path / "st"), "--drain", timeout=60)
+
+    res = node("lab2", bad)
+    assert res.returncode == 1, res.stdout + res.stderr
+    state, reason = _node(lab, "lab2")
+    assert "DRAIN" in state and reason.startswith("fabricbench:{auto} check: gpus: 7 GPU(s)"), (state, reason)
+    res = node("lab2", good)
+    assert res.returncode == 0 and "State=RESUME" in res.stdout, res.stdout
+    assert _node(lab, "lab2")[1] == ""
+    lab.run(["scontrol", "update", "NodeName=lab1", "State=DRAIN", "Reason=maint: bios"], check=True)
+    node("lab1", bad)  # someone else's reason: not overwritten
+    assert _node(lab, "lab1") == ("IDLE+DRAIN", "maint: bios")
+    node("lab1", good)  # and not resumed
+    assert _node(lab, "lab1") == ("IDLE+DRAIN", "maint: bios")

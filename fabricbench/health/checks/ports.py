@@ -30,10 +30,15 @@ def read_ports(src: Sources) -> tuple[list[PortView] | None, str]:
     except ImportError:
         linkstate = None
     if linkstate is not None:
+        from fabricbench.errors import UsageError
+
         where = src.ib_ports if src.ib_ports is not None else src.sysfs_root
-        ports = linkstate.read_ports(where)
-        return [PortView(p.ca, int(p.port), str(p.state), str(p.physical_state), p.rate_gbps, str(p.link_layer))
-                for p in ports], str(where)
+        try:
+            ports = linkstate.read_ports(where)
+        except UsageError as err:
+            return None, str(err)
+        return [PortView(p.ca, int(p.port), p.state or "", p.physical_state or "", p.rate_gbps, p.link_layer or "")
+                for p in ports], f"{where} ({ports[0].source if ports else 'no ports'})"
     if src.ib_ports is not None:
         return None, (f"reading saved port listings ({src.ib_ports}) needs fabricbench.linkstate, not in this "
                       "build; give --sysfs-root instead")
@@ -67,9 +72,13 @@ def check(src: Sources) -> CheckResult:
         seen.add(p.ca)
         spec = want.get(p.ca)
         problems = []
-        if p.state.upper() != "ACTIVE":
+        unreported = [what for what, v in (("state", p.state), ("physical state", p.physical_state),
+                                           ("link layer", p.link_layer)) if not v]
+        if unreported:  # e.g. ibv_devinfo without -v has no physical state
+            res.not_checked.append(f"{name}: {', '.join(unreported)} not in {how}")
+        if p.state and p.state.upper() != "ACTIVE":
             problems.append(f"state {p.state}")
-        if p.physical_state.replace(" ", "").lower() != "linkup":
+        if p.physical_state and p.physical_state.replace(" ", "").lower() != "linkup":
             problems.append(f"physical state {p.physical_state}")
         layer = p.link_layer.lower()
         if spec is not None:
@@ -78,7 +87,7 @@ def check(src: Sources) -> CheckResult:
                 problems.append(f"rate {p.rate_gbps:g} Gb/s < {want_gbps:g} Gb/s" if p.rate_gbps is not None
                                 else "rate unreadable")
             want_layer = _LAYER.get(spec.link_layer)
-            if want_layer and layer != want_layer:
+            if want_layer and layer and layer != want_layer:
                 problems.append(f"link layer {p.link_layer}, expected {want_layer}")
         detail = f"{p.state}/{p.physical_state}, {p.rate_gbps:g} Gb/s, {p.link_layer}" if p.rate_gbps is not None \
             else f"{p.state}/{p.physical_state}, {p.link_layer}"
