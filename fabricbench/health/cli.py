@@ -155,9 +155,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _seconds(text: str) -> float:
-    from fabricbench.health.report import parse_since
-
-    return parse_since(text if text[-1:].isalpha() else text + "m").total_seconds()
+    """--budget: 900s, 20m, 1.5h; a bare number is minutes."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*", text.lower())
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"--budget {text!r}: give a positive duration like 900s, 20m or 1h")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "": 60}[m.group(2)]
 
 
 @health_app.command("run")
