@@ -114,3 +114,23 @@ def test_node_check_drains_and_resumes_only_its_own(lab, tmp_path):
     assert _node(lab, "lab1") == ("IDLE+DRAIN", "maint: bios")
     node("lab1", good)  # and not resumed
     assert _node(lab, "lab1") == ("IDLE+DRAIN", "maint: bios")
+
+
+def test_schedule_installs_into_the_labs_scrontab(lab):
+    import shutil
+
+    if shutil.which("scrontab") is None:
+        res = lab.fabricbench("health", "schedule", "--install", "--", "--budget", "5m")
+        assert res.returncode == 2 and "scrontab is not on PATH" in res.stderr and "Traceback" not in res.stderr
+        pytest.skip("scrontab is not installed here (Debian's slurm-client ships no scrontab binary)")
+    lab.run(["scrontab", "-r"], timeout=30)  # start from an empty table (ignore 'no crontab')
+    other = lab.shared_dir / "other.scrontab"
+    other.write_text("#SCRON --time=5\n30 3 * * * /bin/true\n")
+    lab.run(["scrontab", str(other)], check=True, timeout=30)
+    for _ in range(2):  # installing twice keeps one block and the user's own entry
+        res = lab.fabricbench("health", "schedule", "--install", "--", "--nodelist", ",".join(lab.nodes), "--budget", "5m")
+        assert res.returncode == 0, res.stdout + res.stderr
+    table = lab.run(["scrontab", "-l"], check=True, timeout=30).stdout
+    assert table.count("# BEGIN fabricbench health") == 1 and "30 3 * * * /bin/true" in table
+    assert "-m fabricbench health run --nodelist" in table
+    lab.run(["scrontab", "-r"], timeout=30)

@@ -226,7 +226,7 @@ def report_cmd(
 
     if fmt not in ("html", "md", "junit"):
         raise UsageError(f"--format {fmt!r}: choose html, md or junit")
-    data = rep.gather(history, rep.parse_since(since))
+    data = rep.gather(history, rep.parse_since(since), since)
     body = {"html": lambda: rep.render_html(data, plots), "md": lambda: rep.render_md(data),
             "junit": lambda: rep.render_junit(data)}[fmt]()
     if out:

@@ -67,7 +67,7 @@ def _fmt(v, metric: str) -> str:
     return f"{v / 1e9:.4g} GB/s" if "bytes_per_second" in metric else f"{v:.4g}"
 
 
-def gather(directory, since: timedelta) -> dict:
+def gather(directory, since: timedelta, label: str | None = None) -> dict:
     con = hist.connect(directory)
     cutoff = datetime.now(timezone.utc) - since
     st = latest_states(con)
@@ -79,7 +79,7 @@ def gather(directory, since: timedelta) -> dict:
     heat = con.execute("SELECT node, partner, median(value) AS value FROM measurements WHERE component_kind = 'pair' "
                        "AND run_ts = ? GROUP BY ALL", [last_run]).df() if last_run is not None else pd.DataFrame()
     nruns = con.execute("SELECT count(DISTINCT run_id) FROM measurements WHERE run_ts >= ?", [cutoff]).fetchone()[0]
-    return {"states": st, "trend": trend, "heat": heat, "runs": nruns, "since": since, "last_run": last_run}
+    return {"states": st, "trend": trend, "heat": heat, "runs": nruns, "since": label or str(since), "last_run": last_run}
 
 
 CONFIRMED = ("regressed", "flapping", "failed")
@@ -215,7 +215,7 @@ with its own baseline (median of its recent good runs); 'new' has no baseline ye
 
 def render_md(data: dict) -> str:
     reg = regressions(data["states"])
-    lines = [f"# fabricbench health: {data['runs']} run(s) since {data['since']}", "",
+    lines = [f"# fabricbench health: {data['runs']} run(s) in the last {data['since']}", "",
              "| state | component | metric | latest | baseline | drop | first seen | last good |", "|---|---|---|---|---|---|---|---|"]
     for r in reg.itertuples(index=False):
         lines.append(f"| {r.state} | {r.component} | {r.metric} | {_fmt(r.value, r.metric)} | {_fmt(r.baseline, r.metric)} | "

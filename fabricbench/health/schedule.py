@@ -47,6 +47,11 @@ def merge(current: str, block: str) -> str:
 
 
 def install(block: str) -> str:
+    import shutil
+
+    if shutil.which("scrontab") is None:
+        raise UsageError("scrontab is not on PATH (Slurm >= 20.11 client tools); print the entry without --install "
+                         "and add it with 'scrontab -e', or use the systemd timer in docs/health.md")
     cur = subprocess.run(["scrontab", "-l"], capture_output=True, text=True, timeout=30)
     if cur.returncode != 0 and "disabled" in (cur.stderr + cur.stdout).lower():
         raise UsageError("scrontab is disabled on this cluster: add ScronParameters=enable to slurm.conf")
