@@ -193,3 +193,16 @@ def test_matrix_classifier_matches_the_series_rule():
         one_low, one_base, _, _ = states.classify(s, False, p)
         assert (low[i, width - len(s):] == one_low).all()
         assert np.allclose(base[i, width - len(s):], one_base, equal_nan=True)
+
+
+def test_hourly_node_checks_do_not_shorten_the_sweep_window(tmp_path):
+    d = _store(tmp_path, runs=4, bad_from=2)
+    for h in range(200):  # 200 hourly check runs after the sweeps: the sweeps' window counts sweeps only
+        ts = T0 + timedelta(days=4, hours=h)
+        hist.append_measurements(d, f"chk{h:03d}", "check", [
+            _row(f"chk{h:03d}", ts, "check", "node", "a/check:gpus", "a", "check_pass", 0.0 if h >= 198 else 1.0,
+                 "ratio", "fail" if h >= 198 else "pass")])
+    st = states.compute(states.load_series(hist.connect(d), component_runs=4)).set_index(["component", "metric"])
+    assert st.loc[("c/nic", "tx_bytes_per_second"), "state"] == "regressed"
+    assert st.loc[("a/check:gpus", "check_pass"), "state"] == "failed"
+    assert st.loc[("a/check:gpus", "check_pass"), "first_seen_run"] == "chk198"

@@ -18,6 +18,7 @@ Each state row carries first-seen, the last good run and the readings behind it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -203,23 +204,32 @@ def compute(df: pd.DataFrame, p: Params | None = None, evidence_n: int = 6) -> p
     return res[cols]
 
 
-def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 120, min_base: int = Params.min_base) -> pd.DataFrame:
+def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 120, min_base: int = Params.min_base,
+                check_days: float = 14.0) -> pd.DataFrame:
     """The judged metrics, sorted by series and time, from a history connection: pairs over their last
     `pair_runs` runs, every other component (NIC, uplink, checks: a few per node) over `component_runs` runs, so
-    a regression stays one for months, not just while its good readings are in a short window. A failed
+    a regression stays one for months, not just while its good readings are in a short window; node checks over
+    their last `check_days` days (they may run hourly). A failed
     measurement is a reading of 0. Series too short to judge come back as their last reading only (state 'new'),
     except pairs: a random-K sweep meets most pairs once a month, and a pair with nothing to compare with gets
     no state row at all (its readings still count in its NIC's median)."""
     metrics = ", ".join(f"'{m}'" for m in (*BANDWIDTH_METRICS, CHECK_METRIC))
 
     def since(k):
-        # the cutoff as a literal: DuckDB then skips whole files (one run each) by their run_ts statistics
+        # the cutoff as a literal: DuckDB then skips whole files (one run each) by their run_ts statistics.
+        # Counted over sweeps only: hourly node checks in the same store must not shorten the sweeps' window.
         if k is None:
             return "TRUE"
-        cut = con.execute(f"SELECT min(run_ts) FROM (SELECT DISTINCT run_ts FROM measurements ORDER BY run_ts DESC "
-                          f"LIMIT {int(k)})").fetchone()[0]
+        cut = con.execute(f"SELECT min(run_ts) FROM (SELECT DISTINCT run_ts FROM measurements WHERE source = 'sweep' "
+                          f"ORDER BY run_ts DESC LIMIT {int(k)})").fetchone()[0]
         return "TRUE" if cut is None else f"run_ts >= TIMESTAMPTZ '{cut.isoformat()}'"
 
+    last_check = con.execute("SELECT max(run_ts) FROM measurements WHERE source = 'check'").fetchone()[0]
+    checks = "FALSE" if last_check is None else \
+        f"run_ts >= TIMESTAMPTZ '{(last_check - timedelta(days=check_days)).isoformat()}'"
+    window = (f"(source = 'sweep' AND component_kind = 'pair' AND {since(pair_runs)}) OR "
+              f"(source = 'sweep' AND component_kind <> 'pair' AND {since(component_runs)}) OR "
+              f"(source = 'check' AND {checks})")
     # one row per (component, metric, run) by construction (rows.py takes each pair's median over repeats)
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE _series_rows AS
@@ -228,7 +238,7 @@ def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 12
              coalesce(value, CASE WHEN status IN ('failed', 'fail') THEN 0 END) AS value
       FROM measurements
       WHERE metric IN ({metrics}) AND (value IS NOT NULL OR status IN ('failed', 'fail'))
-        AND ((component_kind = 'pair' AND {since(pair_runs)}) OR (component_kind <> 'pair' AND {since(component_runs)}))),
+        AND ({window})),
     s AS (
       SELECT *, count(*) OVER (PARTITION BY component, metric) AS n,
              row_number() OVER (PARTITION BY component, metric ORDER BY run_ts DESC) AS rn
