@@ -56,3 +56,18 @@ def test_run_dry_run_prints_plan_and_sweep_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fabricbench", "health", "run", "--local", "--nodes", "4", "--budget",
                           "10s", "--history", str(tmp_path / "h")], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "does not fit one round" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_per_rail_sweep_asks_for_a_rank_per_gpu(tmp_path):
+    from fabricbench.health import runner
+    from fabricbench.health.plan import make_plan
+
+    nodes = ["gpu01", "gpu02", "gpu03", "gpu04"]
+    plan = make_plan(nodes, 1200, 10, 20, gpus_per_node=8)
+    opts = runner.RunOptions(nodes=nodes, budget_s=1200, gpus_per_node=8, per_rail=True, hca="mlx5_0,mlx5_1")
+    argv = " ".join(runner._sweep_argv(opts, plan, tmp_path / "out", "fabricbench-health-x"))
+    assert "--pattern circle" in argv and "--nodelist gpu01,gpu02,gpu03,gpu04" in argv
+    assert "--per-rail --ntasks-per-node 8 --gpus-per-node 8 --hca mlx5_0,mlx5_1" in argv
+    assert "--reservation fabricbench-health-x" in argv
+    plain = " ".join(runner._sweep_argv(runner.RunOptions(nodes=nodes, budget_s=1200), plan, tmp_path / "o", None))
+    assert "--per-rail" not in plain and "--reservation" not in plain

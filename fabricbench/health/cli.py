@@ -172,6 +172,9 @@ def run_cmd(
     topology: Optional[str] = typer.Option(None, "--topology", help="Topology (leaves: uplink series, verdicts)."),
     gpus_per_node: int = typer.Option(0, "--gpus-per-node", help="GPUs per node, for the GPU-hours estimate."),
     partition: Optional[str] = typer.Option(None, "--partition", "-p", help="Slurm partition."),
+    per_rail: bool = typer.Option(False, "--per-rail", help="GPU nodes: rank k of each node tests rail k (one rank "
+                                  "per GPU, --gpus-per-node of them): one NIC series per rail."),
+    hca: Optional[str] = typer.Option(None, "--hca", help="With --per-rail: the HCA of each rail, comma-separated."),
     minbytes: str = typer.Option("1M", "-b", "--minbytes", help="Smallest message size."),
     maxbytes: str = typer.Option("1M", "-e", "--maxbytes", help="Largest message size."),
     iters: int = typer.Option(5, "-n", "--iters", help="Timed iterations per size."),
@@ -206,7 +209,7 @@ def run_cmd(
         raise UsageError(f"--drop must be in (0, 1), got {drop}")
     opts = runner.RunOptions(nodes=names, budget_s=_seconds(budget), history=history, local=local, topology=topology,
                              gpus_per_node=gpus_per_node, sizes=(minbytes, maxbytes), iters=iters, warmup=warmup,
-                             partition=partition, textfile=textfile, drain=drain, dry_run=dry_run,
+                             partition=partition, per_rail=per_rail, hca=hca, textfile=textfile, drain=drain, dry_run=dry_run,
                              confirm_k=int(m.group(1)), confirm_m=int(m.group(2)), round_s=round_seconds,
                              overhead_s=fixed_seconds, out=out, params=states.Params(drop=drop), echo=typer.echo)
     raise typer.Exit(runner.run(opts))

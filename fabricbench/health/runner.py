@@ -37,6 +37,8 @@ class RunOptions:
     iters: int = 5
     warmup: int = 1
     partition: str | None = None
+    per_rail: bool = False
+    hca: str | None = None
     textfile: str | None = None
     drain: bool = False
     dry_run: bool = False
@@ -80,6 +82,12 @@ def _sweep_argv(opts: RunOptions, plan, out: Path, reservation: str | None) -> l
             "--pattern", plan.pattern, "--seed", str(plan.seed)]
     if plan.pattern == "random":
         argv += ["--partners", str(plan.partners)]
+    if opts.per_rail:  # rank k of each node tests NIC (rail) k: one series per rail (component '<node>/nic<k>')
+        argv += ["--per-rail", "--ntasks-per-node", str(max(opts.gpus_per_node, 1))]
+        if not opts.local:
+            argv += ["--gpus-per-node", str(max(opts.gpus_per_node, 1))]
+        if opts.hca:
+            argv += ["--hca", opts.hca]
     if opts.local:
         argv += ["--local", "--nodes", str(len(plan.nodes))]
     else:
