@@ -23,6 +23,7 @@ AREAS = [
     "fabricbench.lab.cli",  # lab up|down|degrade|heal|status|env
     "fabricbench.analyze.cli",  # analyze, simulate
     "fabricbench.tune.cli",  # tune, tune verify
+    "fabricbench.health.cli",  # health node|checks|run|history|query|report|schedule
 ]
 
 

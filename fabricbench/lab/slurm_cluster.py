@@ -99,6 +99,7 @@ def render_slurm_conf(plan: Plan, state_dir: Path) -> str:
         "KillWait=5",
         "MessageTimeout=10",
         "TmpFS=/tmp",
+        "ScronParameters=enable",  # scrontab, for `fabricbench health schedule` (Slurm >= 20.11)
         "",
     ]
     for node in plan.nodes:
