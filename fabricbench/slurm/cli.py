@@ -267,8 +267,13 @@ def register(app: typer.Typer) -> None:
                                "against rank k of the others (one rank per GPU).")),
         _p("hca", str, O(None, "--hca", help="Per-rail: comma-separated HCA of each rail, in local-rank order "
                          "(mlx5_0,mlx5_1,...): NCCL_IB_HCA='=<hca k>' for rank k.", show_default=False)),
-        _p("pair_timeout", float, O(60.0, "--pair-timeout", help="Seconds one pair may take (all its sizes); "
-                                    "past it the pair is recorded failed.")),
+        _p("pair_timeout", float, O(60.0, "--pair-timeout", help="Seconds a pair's first exchange (one warm-up "
+                                    "round trip at the largest size) may take; later steps get deadlines from "
+                                    "what it measured. Past one, the pair is recorded failed (what it measured "
+                                    "before is kept).")),
+        _p("measure_time", float, O(2.0, "--measure-time", help="Seconds one measurement (one size, one "
+                                    "direction) aims at: its iterations (at most -n) are chosen from a timed "
+                                    "round trip of that size. 0 = always -n iterations.")),
         _p("connect_timeout", float, O(30.0, "--connect-timeout", help="Seconds to wait for a pair's peer to "
                                        "show up (it may still be in its previous round).")),
     ]
@@ -338,6 +343,8 @@ def _sweep_config(kw: dict) -> dict:
                           (kw["pair_timeout"], "--pair-timeout"), (kw["connect_timeout"], "--connect-timeout")):
         if value <= 0:
             raise UsageError(f"{option} must be positive, got {value}")
+    if kw["measure_time"] < 0:
+        raise UsageError(f"--measure-time must be 0 (fixed iterations) or more seconds, got {kw['measure_time']}")
     if kw["warmup"] < 0:
         raise UsageError(f"-w/--warmup must be 0 or more, got {kw['warmup']}")
     if kw["pattern"] not in PATTERNS:
@@ -357,6 +364,7 @@ def _sweep_config(kw: dict) -> dict:
                 retest=kw["retest"], retest_below=kw["retest_below"], per_rail=kw["per_rail"], hcas=hcas,
                 serial=kw["serial"],
                 pair_timeout_s=float(kw["pair_timeout"]), connect_timeout_s=float(kw["connect_timeout"]),
+                measure_target_s=float(kw["measure_time"]),
                 timeout_s=float(kw["timeout"]))
 
 
@@ -379,6 +387,7 @@ def _build_plan(config: dict, nodes: list[str], out: str, run_id: str, local: bo
                 iters=config["iters"], warmup=config["warmup"], backend=_resolve_sweep_backend(config["backend"]),
                 tasks_per_node=tpn, hcas=config.get("hcas"), local=local, port_base=port,
                 connect_timeout_s=config["connect_timeout_s"], pair_timeout_s=config["pair_timeout_s"],
+                measure_target_s=config.get("measure_target_s", 2.0),
                 step_timeout_s=config.get("step_timeout_s") or config["timeout_s"], ordered=bool(config.get("serial")),
                 extra={"pattern": config["pattern"], "retest_below": config["retest_below"]})
 

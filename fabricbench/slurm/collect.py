@@ -286,7 +286,8 @@ def sweep_frame(out: Path):
                             r = measured.get(key)
                             if r is not None:
                                 t = r["time_us"]
-                                rows.append(dict(base, status="ok", time_us=t, time_max_us=t, time_min_us=t,
+                                rows.append(dict(base, status="ok", iters=r.get("iters", plan.iters),
+                                                 time_us=t, time_max_us=t, time_min_us=t,
                                                  min_us=t, algbw_gbps=r["algbw_gbps"], busbw_gbps=r["algbw_gbps"],
                                                  latency_us=r.get("latency_us"), nwrong=0, host=r.get("host"),
                                                  rank=r.get("rank"), t_start_ns=r.get("t_start_ns"),
@@ -332,7 +333,7 @@ def collect_sweep(out: Path, quiet: bool = False, echo=print, command_line: list
         "backend": plan.backend, "device": "cuda" if plan.backend == "nccl" else "cpu",
         "nodes": plan.nodes, "tasks_per_node": plan.tasks_per_node, "hcas": plan.hcas,
         "hosts": sorted({h for h in frame["host"].dropna().unique()}) if len(frame) else [],
-        "sizes": plan.sizes, "iters": plan.iters, "warmup": plan.warmup,
+        "sizes": plan.sizes, "iters": plan.iters, "warmup": plan.warmup, "measure_target_s": plan.measure_target_s,
         "start_time": started or meta.get("start_time"), "end_time": now_iso(), **summary,
     }
     info["out_dir"] = str(out)
@@ -365,7 +366,9 @@ def print_sweep(frame, info: dict, echo=print) -> None:
     nodes = info["nodes"]
     plans = ", ".join(f"{p['phase']}: {p['rounds']} rounds, {p['pairs']} pairs" for p in info["plans"])
     echo(f"# fabricbench pairwise sweep {info['run_id']}: {len(nodes)} nodes ({plans}), backend "
-         f"{info['backend']}, {info['iters']} iterations")
+         f"{info['backend']}, " + (f"up to {info['iters']} iterations per measurement, sized to "
+                                    f"{info['measure_target_s']:g} s each" if info.get("measure_target_s")
+                                    else f"{info['iters']} iterations"))
     echo(f"#{'round':>6} {'node_a':>12} {'node_b':>12} {'rail':>4} {'size(B)':>10} {'a->b GB/s':>10} "
          f"{'b->a GB/s':>10} {'lat(us)':>9}  status")
     if len(frame):
