@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import socket
 import sys
 import typing
 from pathlib import Path
@@ -271,6 +272,13 @@ def register(app: typer.Typer) -> None:
                                     "round trip at the largest size) may take; later steps get deadlines from "
                                     "what it measured. Past one, the pair is recorded failed (what it measured "
                                     "before is kept).")),
+        _p("topology", str, O(None, "--topology", help="Topology file or name: which leaf each node is on and "
+                              "what its uplink carries [default: the lab's topology.yaml when "
+                              "$FABRICBENCH_LAB_DIR is set]. Rows then record the uplinks each pair shared in "
+                              "its round.", show_default=False)),
+        _p("fit_uplinks", bool, O(True, "--fit-uplinks/--no-fit-uplinks", help="With a topology whose leaves are "
+                                  "oversubscribed: never put more cross-leaf pairs on one uplink in a round than "
+                                  "it carries at full rate (more rounds, no contention).")),
         _p("measure_time", float, O(2.0, "--measure-time", help="Seconds one measurement (one size, one "
                                     "direction) aims at: its iterations (at most -n) are chosen from a timed "
                                     "round trip of that size. 0 = always -n iterations.")),
@@ -359,7 +367,12 @@ def _sweep_config(kw: dict) -> dict:
 
         for h in hcas:
             check_name(h.split(":")[0], "--hca")
+    from fabricbench.slurm.fabric_map import default_topology, fabric_map
+
+    topology = kw.get("topology") or (None if kw.get("local") else default_topology())
+    fabric = fabric_map(topology) if topology else None
     return dict(sizes=sizes, iters=kw["iters"], warmup=kw["warmup"], backend=kw["backend"],
+                fabric=fabric, fit_uplinks=bool(kw.get("fit_uplinks", True)),
                 pattern=kw["pattern"], partners=kw["partners"], repeat=kw["repeat"], seed=kw["seed"],
                 retest=kw["retest"], retest_below=kw["retest_below"], per_rail=kw["per_rail"], hcas=hcas,
                 serial=kw["serial"],
@@ -379,6 +392,9 @@ def _build_plan(config: dict, nodes: list[str], out: str, run_id: str, local: bo
     if not config.get("per_rail"):
         tpn = 1
     rounds = make_rounds(len(nodes), config["pattern"], config["partners"], config["repeat"], config["seed"])
+    fabric = _plan_fabric(config, nodes)
+    if fabric and fabric["fitted"]:
+        rounds = _fit(rounds, fabric)
     if config.get("serial"):
         rounds = [{"round": i, "repeat": r["repeat"], "pairs": [p]}
                   for i, (r, p) in enumerate((r, p) for r in rounds for p in r["pairs"])]
@@ -389,7 +405,38 @@ def _build_plan(config: dict, nodes: list[str], out: str, run_id: str, local: bo
                 connect_timeout_s=config["connect_timeout_s"], pair_timeout_s=config["pair_timeout_s"],
                 measure_target_s=config.get("measure_target_s", 2.0),
                 step_timeout_s=config.get("step_timeout_s") or config["timeout_s"], ordered=bool(config.get("serial")),
-                extra={"pattern": config["pattern"], "retest_below": config["retest_below"]})
+                extra={"pattern": config["pattern"], "retest_below": config["retest_below"],
+                       **({"fabric": fabric} if fabric else {})})
+
+
+def _plan_fabric(config: dict, nodes: list[str]) -> dict | None:
+    """What the plan keeps of the topology: each node's leaf, the uplink limits, whether rounds were fitted."""
+    from fabricbench.slurm.fabric_map import leaves_for
+
+    fmap = config.get("fabric")
+    if not fmap:
+        return None
+    leaves = leaves_for(nodes, fmap)
+    if not any(leaves):
+        return None
+    used = {leaf for leaf in leaves if leaf}
+    limits = {k: v for k, v in (fmap.get("uplink_pairs") or {}).items() if k in used}
+    return {"source": fmap.get("source"), "leaves": leaves, "uplink_pairs": limits,
+            "uplink_gbps": {k: v for k, v in (fmap.get("uplink_gbps") or {}).items() if k in used},
+            "host_gbps": fmap.get("host_gbps"),
+            "fitted": bool(limits) and bool(config.get("fit_uplinks", True)) and not config.get("serial")}
+
+
+def _fit(rounds: list[dict], fabric: dict) -> list[dict]:
+    """Re-pack each repeat's pairs into rounds that respect the uplink limits; rounds renumbered in order."""
+    from fabricbench.slurm.fabric_map import fit_rounds
+
+    out: list[dict] = []
+    for rep in sorted({r["repeat"] for r in rounds}):
+        base = [[tuple(p) for p in r["pairs"]] for r in rounds if r["repeat"] == rep]
+        for pairs in fit_rounds(base, fabric["leaves"], fabric["uplink_pairs"]):
+            out.append({"round": len(out), "repeat": rep, "pairs": [list(p) for p in pairs]})
+    return out
 
 
 def _plan_retest(out: Path):
@@ -434,7 +481,7 @@ def _sweep(kw: dict) -> None:
         started = now_iso()
         atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
                                                "command_line": command_line, "start_time": started,
-                                               "local": True})
+                                               "local": True, "launcher_host": socket.gethostname()})
         path = plan.save(plan_path(out))
         run_step(plan, path, config["timeout_s"])
         if config["retest"]:
@@ -461,6 +508,8 @@ def _sweep(kw: dict) -> None:
     n = spec.nodes
     rounds = (n - 1 if n % 2 == 0 else n) if config["pattern"] == "circle" else config["partners"]
     rounds *= config["repeat"]
+    if config.get("fabric") and config["fabric"].get("uplink_pairs") and config.get("fit_uplinks"):
+        rounds *= 2  # fitting to the uplinks may need more rounds (the plan is made inside the job)
     if config["serial"]:
         rounds *= max(1, n // 2)
     bound = rounds * (config["pair_timeout_s"] + config["connect_timeout_s"]) + 60
@@ -473,7 +522,8 @@ def _sweep(kw: dict) -> None:
     out = check_out(out)
     ensure_shared(out)
     atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
-                                           "command_line": command_line, "start_time": now_iso()})
+                                           "command_line": command_line, "start_time": now_iso(),
+                                           "launcher_host": socket.gethostname()})
     meta = {"kind": "sweep", "run_id": run_id, "command_line": command_line, "nodes": n}
     deadline = None if kw.get("time_limit") else 2 * step_timeout + 3600
     job_id, final = submit_and_follow(script, out, meta, not kw["no_wait"], kw["poll"], deadline)

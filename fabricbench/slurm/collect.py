@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fabricbench.errors import RunFailed, UsageError
+from fabricbench.slurm.fabric_map import round_sharing
 from fabricbench.slurm.planning import load_records, plan_path
 from fabricbench.slurm.sweep import DIRECTIONS, Plan
 
@@ -246,7 +247,8 @@ def sweep_frame(out: Path):
         raise UsageError(f"{out}: no plan.json here (not a sweep results directory, or the job never started)")
     records = load_records(out)
     rows: list[dict] = []
-    summary: dict = {"failed_pairs": [], "nodes_missing": {}, "pairs": 0, "pairs_failed": 0}
+    summary: dict = {"failed_pairs": [], "nodes_missing": {}, "pairs": 0, "pairs_failed": 0, "rounds": [],
+                     "node_hosts": {}}
     for plan in plans:
         recs = [r for r in records if r.get("phase") == plan.phase]
         reasons = node_reasons(out, plan, recs)
@@ -263,9 +265,25 @@ def sweep_frame(out: Path):
             if r.get("kind") == "pair_failed":
                 failures[(r["round"], r["node_a"], r["node_b"], r.get("rail", 0))].append(f"{r['node']}: {r['error']}")
         hosts = {(r["node"], r.get("rail", 0)): r.get("host") for r in recs if r.get("kind") == "start"}
+        for (node, rail), host in hosts.items():
+            summary["node_hosts"].setdefault(node, host)
+        fabric = plan.extra.get("fabric") or {}
+        leaves = fabric.get("leaves") or [None] * len(plan.nodes)
         for rnd in plan.rounds:
+            pairs = [tuple(p) for p in rnd["pairs"]]
+            sharing = round_sharing(pairs, leaves)
+            summary["rounds"].append({
+                "phase": plan.phase, "round": rnd["round"], "repeat": rnd.get("repeat", 0),
+                "pairs": [[plan.nodes[x] for x in p] for p in pairs],
+                "uplinks": {leaf: [[plan.nodes[x] for x in p] for p in pairs if leaf in sharing[p]["uplinks"]]
+                            for leaf in sorted({l for p in pairs for l in sharing[p]["uplinks"]})}})
             for a_i, b_i in rnd["pairs"]:
                 a, b = plan.nodes[a_i], plan.nodes[b_i]
+                share = sharing[(a_i, b_i)]
+                where = dict(round_pairs=len(pairs), leaf_a=leaves[a_i], leaf_b=leaves[b_i],
+                             uplink_pairs=share["uplink_pairs"] if fabric else None,
+                             uplink_shared_with=";".join(f"{plan.nodes[x]}-{plan.nodes[y]}"
+                                                         for x, y in share["shared_with"]) if fabric else None)
                 for rail in range(plan.tasks_per_node):
                     summary["pairs"] += 1
                     pair_failed = False
@@ -282,7 +300,7 @@ def sweep_frame(out: Path):
                                         op="pingpong" if direction == "pingpong" else "p2p_uni",
                                         backend=plan.backend, device="cuda" if plan.backend == "nccl" else "cpu",
                                         local_rank=rail, repeat=rnd.get("repeat", 0), phase=plan.phase, rail=rail,
-                                        nic=plan.hcas[rail % len(plan.hcas)] if plan.hcas else None)
+                                        nic=plan.hcas[rail % len(plan.hcas)] if plan.hcas else None, **where)
                             r = measured.get(key)
                             if r is not None:
                                 t = r["time_us"]
@@ -332,7 +350,10 @@ def collect_sweep(out: Path, quiet: bool = False, echo=print, command_line: list
         "command_line": command_line or meta.get("command_line"), "config": meta.get("config"),
         "backend": plan.backend, "device": "cuda" if plan.backend == "nccl" else "cpu",
         "nodes": plan.nodes, "tasks_per_node": plan.tasks_per_node, "hcas": plan.hcas,
-        "hosts": sorted({h for h in frame["host"].dropna().unique()}) if len(frame) else [],
+        # the hosts of this run are its nodes (the names in node_a/node_b), never the launching machine: with
+        # --local every "node" is a process on the launcher, whose host name is in `launcher`
+        "hosts": list(plan.nodes), "launcher": {"host": meta.get("launcher_host"), "local": plan.local},
+        "fabric": plan.extra.get("fabric"),
         "sizes": plan.sizes, "iters": plan.iters, "warmup": plan.warmup, "measure_target_s": plan.measure_target_s,
         "start_time": started or meta.get("start_time"), "end_time": now_iso(), **summary,
     }
