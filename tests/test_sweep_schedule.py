@@ -168,3 +168,15 @@ def test_sweep_plan_is_fitted_to_the_topology_and_records_it(tmp_path):
     config["fit_uplinks"] = False
     loose = _build_plan(config, nodes, str(tmp_path), "r1", local=False)
     assert len(loose.rounds) == 10 and not loose.extra["fabric"]["fitted"]
+
+
+def test_a_sweep_that_timeout_would_cut_is_announced(capsys):
+    from fabricbench.slurm.cli import _warn_if_too_long
+
+    config = dict(pattern="circle", partners=3, repeat=2, serial=False, sizes=[1 << 20, 1 << 25],
+                  measure_target_s=2.0, timeout_s=600.0)
+    _warn_if_too_long(config, 8)  # 14 rounds x (2 s x 7 + 3 s) = 238 s: fits
+    assert capsys.readouterr().err == ""
+    _warn_if_too_long(config, 32)  # 62 rounds x 17 s = 1054 s
+    err = capsys.readouterr().err
+    assert "~1054 s" in err and "62 rounds" in err and "--timeout is 600 s" in err

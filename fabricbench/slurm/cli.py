@@ -453,6 +453,26 @@ def _plan_retest(out: Path):
     return retest
 
 
+def _expand(nodelist: str | None) -> list[str]:
+    from fabricbench.slurm.templates import expand_nodes
+
+    return expand_nodes(nodelist, "--nodelist") if nodelist else []
+
+
+def _warn_if_too_long(config: dict, n: int) -> None:
+    """A sweep whose measurements are time-targeted has a predictable worst case on a slow fabric: say so
+    before it starts when --timeout would cut it (the rounds it reaches are kept, the rest are failed rows)."""
+    if n < 2 or not config.get("measure_target_s"):
+        return
+    rounds = (n - 1 if n % 2 == 0 else n) if config["pattern"] == "circle" else config["partners"]
+    rounds *= config["repeat"] * (max(1, n // 2) if config.get("serial") else 1)
+    per_pair = config["measure_target_s"] * (1 + 3 * len(config["sizes"])) + 3.0  # warm-up, 3 per size, joining
+    if rounds * per_pair > config["timeout_s"]:
+        typer.echo(f"fabricbench: warning: on a slow fabric this sweep may need up to ~{rounds * per_pair:.0f} s "
+                   f"({rounds} rounds x ~{per_pair:.0f} s a pair at --measure-time {config['measure_target_s']:g}); "
+                   f"--timeout is {config['timeout_s']:g} s: rounds past it are recorded as failed", err=True)
+
+
 def _sweep(kw: dict) -> None:
     from fabricbench.engine.provenance import now_iso
     from fabricbench.results import atomic_write_json
@@ -462,10 +482,11 @@ def _sweep(kw: dict) -> None:
     run_id = new_run_id()
     out = _out_dir(kw, run_id)
     command_line = ["fabricbench", *sys.argv[1:]]
+    if kw["local"] and kw.get("nodes") is None:
+        raise UsageError("--local needs --nodes N: how many local processes act as nodes")
+    _warn_if_too_long(config, kw.get("nodes") or len(_expand(kw.get("nodelist"))))
     if kw["local"]:
         n = kw.get("nodes")
-        if n is None:
-            raise UsageError("--local needs --nodes N: how many local processes act as nodes")
         if kw.get("dry_run"):
             raise UsageError("--dry-run shows a batch script; --local submits nothing")
         from fabricbench.slurm.local import run_step
