@@ -141,6 +141,10 @@ def test_leaf_uplink_is_the_only_fault(lab, tmp_path):
 def test_oversubscribed_healthy_lab_exits_0(oversubscribed_lab, tmp_path):
     lab = oversubscribed_lab
     code, doc = _sweep_and_analyze(lab, tmp_path, "oversub-healthy")  # rounds fitted to the uplinks
+    from fabricbench.results import read_results
+
+    rows = read_results(tmp_path / "oversub-healthy")
+    assert rows["uplink_pairs"].max() == 1 and rows["round"].nunique() > 10  # never two pairs on one uplink
     _assert_healthy(code, doc, lab.nodes)
 
 

@@ -68,6 +68,24 @@ def test_sweep_returns_all_6_pairs_in_3_rounds_and_a_throttled_nic_stands_out(la
     assert f"{slow}:" in res.stdout and "LOW" in res.stdout.split(f"{slow}:")[1].splitlines()[0]
 
 
+def test_default_sweep_fits_a_slow_fabric(lab, tmp_path):
+    """Issue 12: `sweep pairwise --nodes 4` with every default (32 MiB, up to 20 iterations) on the default lab:
+    at 400 Mbit/s a 32 MiB message takes 0.7 s, so 20 of them per direction cannot fit a fixed deadline; sized
+    to --measure-time (2 s), every pair is measured, with the iterations that fit."""
+    out = tmp_path / "defaults"
+    t0 = time.monotonic()
+    res = lab.fabricbench("sweep", "pairwise", "--nodes", "4", "--poll", "0.3", "--out", str(out), timeout=200)
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout + res.stderr
+    df = read_results(out)
+    assert (df["status"] == "ok").all() and len(df) == 6 * 3 and set(df["size_bytes"]) == {32 << 20}
+    assert df["iters"].between(2, 3).all(), df["iters"].tolist()  # 2 s / 0.7 s a message
+    bw = df[df["direction"] != "pingpong"]["algbw_gbps"]
+    assert 0.035 < bw.median() < 0.055, bw.tolist()
+    assert took < 150, took
+    assert "up to 20 iterations per measurement, sized to 2 s each" in res.stdout
+
+
 def test_node_killed_mid_sweep_fails_only_its_pairs(lab, tmp_path):
     out = tmp_path / "killed"
     victim = lab.nodes[1]
