@@ -22,6 +22,10 @@ from fabricbench.slurm.fabric_map import round_sharing
 from fabricbench.slurm.planning import load_records, plan_path
 from fabricbench.slurm.sweep import DIRECTIONS, Plan
 
+# What run.json and the rows spell out of who ran with whom: everything on small sweeps; at scale the `round`,
+# `leaf_a`, `leaf_b` and `uplink_pairs` columns carry the same facts without millions of names.
+ROUNDS_IN_RUN_JSON = 20_000  # pairs: above this, run.json's `rounds` list is left empty
+SHARED_WITH_NAMES = 8  # a row names at most this many other pairs on its uplinks (else None)
 JOB_FILE = "job.json"  # written by submit: job id, script, requested nodes
 NODES_FILE = "job-nodes.txt"  # written by the batch script: $SLURM_JOB_NODELIST
 
@@ -272,18 +276,20 @@ def sweep_frame(out: Path):
         for rnd in plan.rounds:
             pairs = [tuple(p) for p in rnd["pairs"]]
             sharing = round_sharing(pairs, leaves)
-            summary["rounds"].append({
-                "phase": plan.phase, "round": rnd["round"], "repeat": rnd.get("repeat", 0),
-                "pairs": [[plan.nodes[x] for x in p] for p in pairs],
-                "uplinks": {leaf: [[plan.nodes[x] for x in p] for p in pairs if leaf in sharing[p]["uplinks"]]
-                            for leaf in sorted({l for p in pairs for l in sharing[p]["uplinks"]})}})
+            if plan.pair_count() <= ROUNDS_IN_RUN_JSON:
+                summary["rounds"].append({
+                    "phase": plan.phase, "round": rnd["round"], "repeat": rnd.get("repeat", 0),
+                    "pairs": [[plan.nodes[x] for x in p] for p in pairs],
+                    "uplinks": {leaf: [[plan.nodes[x] for x in p] for p in pairs if leaf in sharing[p]["uplinks"]]
+                                for leaf in sorted({l for p in pairs for l in sharing[p]["uplinks"]})}})
             for a_i, b_i in rnd["pairs"]:
                 a, b = plan.nodes[a_i], plan.nodes[b_i]
                 share = sharing[(a_i, b_i)]
                 where = dict(round_pairs=len(pairs), leaf_a=leaves[a_i], leaf_b=leaves[b_i],
                              uplink_pairs=share["uplink_pairs"] if fabric else None,
                              uplink_shared_with=";".join(f"{plan.nodes[x]}-{plan.nodes[y]}"
-                                                         for x, y in share["shared_with"]) if fabric else None)
+                                                         for x, y in share["shared_with"])
+                             if fabric and len(share["shared_with"]) <= SHARED_WITH_NAMES else None)
                 for rail in range(plan.tasks_per_node):
                     summary["pairs"] += 1
                     pair_failed = False
