@@ -163,11 +163,16 @@ def test_sweep_plan_is_fitted_to_the_topology_and_records_it(tmp_path):
     nodes = [f"lab{i}" for i in range(1, 7)]
     plan = _build_plan(config, nodes, str(tmp_path), "r1", local=False)
     assert plan.extra["fabric"]["fitted"] and plan.extra["fabric"]["leaves"][4] == "leaf3"
+    assert plan.ordered  # rounds wait for each other: a round is who ran together
     assert [r["round"] for r in plan.rounds] == list(range(len(plan.rounds)))
     assert {r["repeat"] for r in plan.rounds} == {0, 1} and plan.pair_count() == 30
     config["fit_uplinks"] = False
     loose = _build_plan(config, nodes, str(tmp_path), "r1", local=False)
-    assert len(loose.rounds) == 10 and not loose.extra["fabric"]["fitted"]
+    assert len(loose.rounds) == 10 and not loose.extra["fabric"]["fitted"] and loose.ordered
+    path.write_text(render_yaml(make_plan(0, 6, 3, 400_000_000)))  # non-blocking: no limit, no ordering
+    config["fabric"], config["fit_uplinks"] = fabric_map(str(path)), True
+    free = _build_plan(config, nodes, str(tmp_path), "r1", local=False)
+    assert len(free.rounds) == 10 and not free.ordered and not free.extra["fabric"]["fitted"]
 
 
 def test_a_sweep_that_timeout_would_cut_is_announced(capsys):

@@ -404,13 +404,17 @@ def _build_plan(config: dict, nodes: list[str], out: str, run_id: str, local: bo
                 tasks_per_node=tpn, hcas=config.get("hcas"), local=local, port_base=port,
                 connect_timeout_s=config["connect_timeout_s"], pair_timeout_s=config["pair_timeout_s"],
                 measure_target_s=config.get("measure_target_s", 2.0),
-                step_timeout_s=config.get("step_timeout_s") or config["timeout_s"], ordered=bool(config.get("serial")),
+                step_timeout_s=config.get("step_timeout_s") or config["timeout_s"], ordered=bool(config.get("serial") or (fabric and fabric["uplink_pairs"])),
                 extra={"pattern": config["pattern"], "retest_below": config["retest_below"],
                        **({"fabric": fabric} if fabric else {})})
 
 
 def _plan_fabric(config: dict, nodes: list[str]) -> dict | None:
-    """What the plan keeps of the topology: each node's leaf, the uplink limits, whether rounds were fitted."""
+    """What the plan keeps of the topology: each node's leaf, the uplink limits, whether rounds were fitted.
+
+    On oversubscribed leaves the rounds also run in order (round k starts when every node of round k-1 is
+    done with it, as --serial), fitted or not: otherwise a pair that finished early starts its next round
+    beside the slower pairs of the last one, and a round would not say which pairs really ran together."""
     from fabricbench.slurm.fabric_map import leaves_for
 
     fmap = config.get("fabric")
