@@ -404,7 +404,8 @@ def _build_plan(config: dict, nodes: list[str], out: str, run_id: str, local: bo
                 tasks_per_node=tpn, hcas=config.get("hcas"), local=local, port_base=port,
                 connect_timeout_s=config["connect_timeout_s"], pair_timeout_s=config["pair_timeout_s"],
                 measure_target_s=config.get("measure_target_s", 2.0),
-                step_timeout_s=config.get("step_timeout_s") or config["timeout_s"], ordered=bool(config.get("serial") or (fabric and fabric["uplink_pairs"])),
+                step_timeout_s=config.get("step_timeout_s") or config["timeout_s"],
+                ordered=bool(config.get("serial") or (fabric and fabric["uplink_pairs"])),
                 extra={"pattern": config["pattern"], "retest_below": config["retest_below"],
                        **({"fabric": fabric} if fabric else {})})
 
