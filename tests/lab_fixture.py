@@ -134,12 +134,13 @@ class LabHandle:
                               text=True, timeout=timeout, env=self.env, cwd=str(REPO))
 
     def degrade(self, nic: str | None = None, pair: tuple[str, str] | None = None, uplink: str | None = None,
-                rate: str | None = None, delay: str | None = None, loss: str | None = None) -> dict:
+                rate: str | None = None, delay: str | None = None, loss: str | None = None,
+                direction: str | None = None) -> dict:
         from fabricbench.lab import manager
 
         kind, target = ("nic", nic) if nic else ("uplink", uplink) if uplink else ("pair", None)
         a, b = pair if pair else (None, None)
-        return manager.degrade(self._reload(), kind, target, a, b, rate, delay, loss)
+        return manager.degrade(self._reload(), kind, target, a, b, rate, delay, loss, direction=direction)
 
     def heal(self, nic: str | None = None, pair: tuple[str, str] | None = None, uplink: str | None = None) -> list:
         from fabricbench.lab import manager
@@ -203,7 +204,8 @@ _counter = iter(range(10**6))
 
 
 def start_lab(nodes: int = 4, leaves: int = 1, link_rate: str = "400mbit", cpus_per_node: int = 4,
-              shares: list[str] | None = None) -> LabHandle:
+              shares: list[str] | None = None, oversubscription: str | None = None,
+              uplink_rate: str | None = None) -> LabHandle:
     """Bring up a lab in a fresh state directory; skips the test when the lab cannot exist here."""
     why = lab_unavailable()
     if why:
@@ -213,7 +215,8 @@ def start_lab(nodes: int = 4, leaves: int = 1, link_rate: str = "400mbit", cpus_
     _reap_stale_labs()
     state_dir = STATE_ROOT / f"{STATE_PREFIX}{os.getpid()}-{next(_counter)}"
     t0 = time.monotonic()
-    lab = manager.up(nodes, leaves, link_rate, state_dir, cpus_per_node, install=True, shares=shares or [])
+    lab = manager.up(nodes, leaves, link_rate, state_dir, cpus_per_node, install=True, shares=shares or [],
+                     oversubscription=oversubscription, uplink_rate=uplink_rate)
     plan = lab.plan
     env = _clean_env()
     env.update(SLURM_CONF=str(lab.conf), FABRICBENCH_LAB_DIR=str(lab.dir))
@@ -234,8 +237,10 @@ def lab_factory(tmp_path_factory):
     handles: list[LabHandle] = []
     shares = _pytest_shares(tmp_path_factory)
 
-    def start(nodes: int = 4, leaves: int = 1, link_rate: str = "400mbit", cpus_per_node: int = 4) -> LabHandle:
-        handle = start_lab(nodes, leaves, link_rate, cpus_per_node, shares=shares)
+    def start(nodes: int = 4, leaves: int = 1, link_rate: str = "400mbit", cpus_per_node: int = 4,
+              oversubscription: str | None = None, uplink_rate: str | None = None) -> LabHandle:
+        handle = start_lab(nodes, leaves, link_rate, cpus_per_node, shares=shares,
+                           oversubscription=oversubscription, uplink_rate=uplink_rate)
         handles.append(handle)
         return handle
 

@@ -91,6 +91,40 @@ def test_topology_yaml_follows_the_topology_schema():
     assert topo.host_names() == [f"lab{i}" for i in range(1, 7)]
 
 
+def test_oversubscribed_plan_records_uplink_capacity_in_the_topology():
+    import yaml
+
+    from fabricbench.lab.manager import parse_ratio
+
+    assert parse_ratio("2:1") == 2.0 and parse_ratio("3") == 3.0 and parse_ratio("1.5:1") == 1.5
+    for bad in ("fast", "1:2", "2:0", "100:1"):
+        with pytest.raises(UsageError, match="--oversubscription"):
+            parse_ratio(bad)
+    plan = lab_plan.make_plan(0, 7, 3, 400_000_000, oversubscription=2.0)
+    # leaf1 has 3 nodes (1200 Mbit/s of host links) -> 600 Mbit/s up; leaves of 2 nodes -> 400 Mbit/s
+    assert [leaf.uplink_rate_bps for leaf in plan.leaves] == [600_000_000, 400_000_000, 400_000_000]
+    data = yaml.safe_load(render_yaml(plan))
+    leaves = {sw["name"]: sw for sw in data["fabric"]["switches"]}
+    assert [leaves[f"leaf{j}"]["uplink_rate"] for j in (1, 2, 3)] == ["600 Mb/s", "400 Mb/s", "400 Mb/s"]
+    assert "2:1 oversubscribed" in data["description"]
+    schema = pytest.importorskip("fabricbench.topology.schema")
+    schema.Topology.model_validate(data)
+    assert "uplink_rate" not in str(topology_dict(lab_plan.make_plan(0, 6, 3, 400_000_000)))  # non-blocking
+    assert {leaf.uplink_rate_bps for leaf in lab_plan.make_plan(0, 4, 2, None, uplink_rate_bps=10**8).leaves} \
+        == {10**8}
+    with pytest.raises(UsageError, match="shaped node links"):
+        lab_plan.make_plan(0, 4, 2, None, oversubscription=2.0)
+
+
+def test_nic_direction_picks_the_egress_that_carries_it():
+    from fabricbench.lab.manager import nic_ifaces
+
+    node = lab_plan.make_plan(2, 4, 2, 400_000_000).node("lab3")
+    assert nic_ifaces(node, "tx") == [("fbl2-lab3", "eth0")]  # out of the node: its own eth0
+    assert nic_ifaces(node, "rx") == [(None, "fbl2n3")]  # into it: the leaf bridge's port towards it
+    assert nic_ifaces(node, "both") == [("fbl2-lab3", "eth0"), (None, "fbl2n3")]
+
+
 def test_missing_slurm_daemons_say_how_to_install(monkeypatch):
     monkeypatch.setattr(slurm_cluster.shutil, "which", lambda name, path=None: None)
     with pytest.raises(UsageError, match="apt-get install -y slurmctld slurmd slurm-client"):
@@ -225,6 +259,27 @@ def test_throughput_follows_link_rate_and_degradations(lab):
     assert lab.status()["degradations"] == []
 
 
+def test_nic_degraded_in_one_direction_only(lab):
+    rate = lab.link_rate_bps
+    try:
+        lab.degrade(nic="lab2", rate="50%", direction="rx")
+        into, out_of = lab.throughput("lab1", "lab2"), lab.throughput("lab2", "lab1")
+        assert 0.85 * GOODPUT * 0.5 * rate < into < 1.05 * 0.5 * rate, (into, out_of)  # into lab2: half
+        assert out_of > 0.85 * GOODPUT * rate, (into, out_of)  # out of lab2: the full link
+        deg = lab.status()["degradations"]
+        assert [(d["kind"], d["target"], d["direction"]) for d in deg] == [("nic", "lab2", "rx")]
+        lab.degrade(nic="lab2", rate="50%", direction="tx")  # replaces the rx one
+        into, out_of = lab.throughput("lab1", "lab2"), lab.throughput("lab2", "lab1")
+        assert into > 0.85 * GOODPUT * rate and out_of < 1.05 * 0.5 * rate, (into, out_of)
+        assert len(lab.status()["degradations"]) == 1
+    finally:
+        lab.heal()
+    bad = lab.fabricbench("lab", "degrade", "--nic", "lab2", "--direction", "up", "--rate", "50%")
+    assert bad.returncode == 2 and "--direction up: choose rx" in bad.stderr and "Traceback" not in bad.stderr
+    bad = lab.fabricbench("lab", "degrade", "--uplink", "leaf1", "--direction", "rx", "--rate", "50%")
+    assert bad.returncode == 2 and "--direction is for --nic" in bad.stderr
+
+
 def test_loss_and_node_crash(lab):
     try:
         lab.degrade(nic="lab2", loss="5%")
@@ -261,6 +316,24 @@ def test_three_leaves_uplink_degrade_and_clean_down(lab_factory):
     finally:
         sleeper.kill()
         sleeper.wait(timeout=30)
+
+
+def test_oversubscribed_uplinks_are_shared_by_cross_leaf_flows(lab_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
+    handle = lab_factory(nodes=4, leaves=2, link_rate="400mbit", oversubscription="2:1")
+    assert {leaf: rate for leaf, rate in handle.status()["uplink_rate_bps"].items()} == \
+        {"leaf1": 400_000_000, "leaf2": 400_000_000}
+    assert "uplink_rate: 400 Mb/s" in handle.topology_yaml.read_text()
+    alone = handle.throughput("lab1", "lab3")
+    assert alone > 0.85 * GOODPUT * 400e6, alone  # one flow fits the uplink
+    with ThreadPoolExecutor(2) as pool:  # two flows leave leaf1 at once: they share its 400 Mbit/s
+        flows = [pool.submit(handle.throughput, a, b, 1.5) for a, b in (("lab1", "lab3"), ("lab2", "lab4"))]
+        shared = [f.result() for f in flows]
+    assert all(0.35 * 400e6 < bps < 0.6 * 400e6 for bps in shared), shared
+    assert sum(shared) < 1.05 * 400e6, shared
+    handle.degrade(uplink="leaf2", rate="50%")  # of the uplink's own 400 Mbit/s
+    assert handle.throughput("lab1", "lab3") < 1.05 * 200e6
 
 
 def test_down_after_a_crashed_up_removes_everything():

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fabricbench.results import read_results
-from lab_fixture import REPO, lab, lab_config  # noqa: F401  (fixtures)
+from lab_fixture import REPO, lab, lab_config, lab_factory  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.lab
 ARGS = ["-b", "1M", "-e", "4M", "-f", "4", "-n", "4", "-w", "2", "--poll", "0.3"]
@@ -66,6 +66,47 @@ def test_sweep_returns_all_6_pairs_in_3_rounds_and_a_throttled_nic_stands_out(la
     assert with_slow.median() < 0.7 * without.median(), (list(with_slow), list(without))  # clearly lower
     assert 0.5 < with_slow.median() / healthy_bw < 0.7
     assert f"{slow}:" in res.stdout and "LOW" in res.stdout.split(f"{slow}:")[1].splitlines()[0]
+
+
+def test_default_sweep_fits_a_slow_fabric(lab, tmp_path):
+    """Issue 12: `sweep pairwise --nodes 4` with every default (32 MiB, up to 20 iterations) on the default lab:
+    at 400 Mbit/s a 32 MiB message takes 0.7 s, so 20 of them per direction cannot fit a fixed deadline; sized
+    to --measure-time (2 s), every pair is measured, with the iterations that fit."""
+    out = tmp_path / "defaults"
+    t0 = time.monotonic()
+    res = lab.fabricbench("sweep", "pairwise", "--nodes", "4", "--poll", "0.3", "--out", str(out), timeout=200)
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout + res.stderr
+    df = read_results(out)
+    assert (df["status"] == "ok").all() and len(df) == 6 * 3 and set(df["size_bytes"]) == {32 << 20}
+    assert df["iters"].between(2, 3).all(), df["iters"].tolist()  # 2 s / 0.7 s a message
+    bw = df[df["direction"] != "pingpong"]["algbw_gbps"]
+    assert 0.035 < bw.median() < 0.055, bw.tolist()
+    assert took < 150, took
+    assert "up to 20 iterations per measurement, sized to 2 s each" in res.stdout
+
+
+def test_rounds_fitted_to_oversubscribed_uplinks_never_overlap_on_one(lab_factory, tmp_path):
+    """2:1 leaves (each uplink carries one host link): the sweep reads the lab's topology, never schedules two
+    cross-leaf pairs in one round, runs its rounds in order, and the measured times show no two cross-leaf
+    pairs ever ran at once."""
+    handle = lab_factory(nodes=4, leaves=2, link_rate="400mbit", oversubscription="2:1")
+    out = tmp_path / "fitted"
+    res = handle.fabricbench("sweep", "pairwise", "--nodes", "4", "-b", "1M", "-e", "1M", "-n", "3", "-w", "1",
+                             "--poll", "0.3", "--out", str(out), timeout=180)
+    handle.down()
+    assert res.returncode == 0, res.stdout + res.stderr
+    df = read_results(out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["fabric"]["fitted"] and info["fabric"]["uplink_pairs"] == {"leaf1": 1, "leaf2": 1}
+    # 4 cross-leaf pairs, one a round; the 2 intra-leaf pairs meet no cross pair with free nodes: a fifth round
+    assert (df["uplink_pairs"] <= 1).all() and df["round"].nunique() == 5
+    cross = df[df["leaf_a"] != df["leaf_b"]]
+    spans = sorted((int(g["t_start_ns"].min()), int(g["t_end_ns"].max()), r)
+                   for r, g in cross.groupby("round"))
+    assert len(spans) == 4
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one after the other
+    assert all(r["uplinks"] == {} or max(len(v) for v in r["uplinks"].values()) == 1 for r in info["rounds"])
 
 
 def test_node_killed_mid_sweep_fails_only_its_pairs(lab, tmp_path):

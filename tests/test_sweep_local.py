@@ -140,6 +140,50 @@ def test_slow_node_stands_out_and_random_pattern_with_retest(tmp_path):
     assert "node4" in res.stdout and "LOW" in res.stdout
 
 
+def test_iterations_fit_the_time_target():
+    from fabricbench.slurm.sweep import MIN_ITERS, iterations_for
+
+    assert iterations_for(0.7, 2.0, 20) == 2  # 32 MiB at 400 Mbit/s: 0.7 s a message, 2 s target
+    assert iterations_for(0.001, 2.0, 20) == 20  # fast: capped by -n
+    assert iterations_for(5.0, 2.0, 20) == MIN_ITERS  # one message longer than the target: the minimum
+    assert iterations_for(0.1, 2.0, 20, messages_per_iter=2) == 10  # ping-pong: two messages an iteration
+    assert iterations_for(0.7, 0, 20) == 20  # --measure-time 0: fixed iterations
+    assert iterations_for(0.7, 2.0, 1) == 1  # -n 1 is honoured
+
+
+def test_slow_sender_gets_fewer_iterations_not_a_failure(tmp_path):
+    """A sender 150 ms per message: its pairs take about --measure-time per measurement, the others -n."""
+    env = dict(os.environ, FABRICBENCH_SWEEP_INJECT="slow@node1:ms=150")
+    res, out, took = _sweep(tmp_path, 3, "-b", "64K", "-e", "64K", "-n", "10", "--measure-time", "0.6", env=env)
+    assert res.returncode == 0, res.stderr + res.stdout
+    df = read_results(out)
+    assert (df["status"] == "ok").all()
+    with_slow = df[(df["node_a"] == "node1") | (df["node_b"] == "node1")]
+    others = df.drop(with_slow.index)
+    assert (others["iters"] == 10).all(), others[["node_a", "node_b", "direction", "iters"]]
+    # the probe round trip has one slow message of two: ~75 ms a message predicted -> 0.6 s fits 7-8 of them
+    assert with_slow["iters"].between(2, 9).all(), with_slow[["node_a", "node_b", "direction", "iters"]]
+    sent_by_slow = with_slow[((with_slow["direction"] == "a->b") & (with_slow["node_a"] == "node1"))
+                             | ((with_slow["direction"] == "b->a") & (with_slow["node_b"] == "node1"))]
+    assert (sent_by_slow["time_us"] > 140e3).all()  # the injected 150 ms per message is what was timed
+    assert (sent_by_slow["time_us"] * sent_by_slow["iters"] < 1.5e6).all()  # about the target, not -n x 150 ms
+
+
+def test_pair_that_times_out_late_keeps_what_it_measured(tmp_path):
+    """node1 goes silent for 8 s before its first ping-pong: that measurement misses its derived deadline
+    (seconds, not the 60 s pair timeout), and the pair's a->b and b->a rows measured before are kept."""
+    env = dict(os.environ, FABRICBENCH_SWEEP_INJECT="stall@node1:s=8")
+    res, out, took = _sweep(tmp_path, 2, "-b", "256K", "-e", "256K", env=env, timeout=120)
+    assert res.returncode == 1, res.stderr + res.stdout
+    df = read_results(out).set_index("direction")
+    assert df.loc["a->b", "status"] == "ok" and df.loc["b->a", "status"] == "ok", df
+    assert df.loc["a->b", "algbw_gbps"] > 0 and df.loc["b->a", "algbw_gbps"] > 0
+    assert df.loc["pingpong", "status"] == "failed" and "ping-pong" in df.loc["pingpong", "error"], df
+    assert took < 45, took  # the deadline came from what the pair measured, not --pair-timeout (60 s)
+    info = json.loads((out / "run.json").read_text())
+    assert info["pairs_failed"] == 1 and "1 of 1 pairs failed" in info["error"]
+
+
 def test_per_rail_local_sweep(tmp_path):
     """Per-rail: rank k of each node pairs only with rank k of the other nodes."""
     res, out, _ = _sweep(tmp_path, 2, "--per-rail", "--ntasks-per-node", "2", "-b", "256K")

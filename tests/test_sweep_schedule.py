@@ -115,3 +115,73 @@ def test_suspects_and_retest_plan_pick_new_healthy_partners():
     assert new and all(tuple(sorted(p)) not in met for p in new)
     assert all(len(set(p) & bad) == 1 for p in new)  # each with one node of the suspect pair, one healthy
     assert min(r["round"] for r in re.rounds) == len(plan.rounds)
+
+
+def test_fabric_map_from_the_lab_topology_and_rounds_fitted_to_uplinks(tmp_path):
+    from fabricbench.lab.plan import make_plan
+    from fabricbench.lab.topology import render_yaml
+    from fabricbench.slurm.fabric_map import fabric_map, fit_rounds, leaves_for, round_sharing
+
+    path = tmp_path / "topology.yaml"
+    path.write_text(render_yaml(make_plan(0, 6, 3, 400_000_000)))
+    fmap = fabric_map(str(path))
+    assert fmap["leaf_of"] == {"lab1": "leaf1", "lab2": "leaf1", "lab3": "leaf2", "lab4": "leaf2",
+                               "lab5": "leaf3", "lab6": "leaf3"}
+    assert fmap["uplink_pairs"] == {}  # non-blocking: no limit
+    path.write_text(render_yaml(make_plan(0, 6, 3, 400_000_000, oversubscription=2.0)))
+    fmap = fabric_map(str(path))
+    assert fmap["uplink_pairs"] == {"leaf1": 1, "leaf2": 1, "leaf3": 1}  # 400 Mbit/s up: one host's link
+    leaves = leaves_for(["lab1.cluster", "lab2", "lab3", "lab4", "lab5", "lab6"], fmap)  # short names match
+    assert leaves == ["leaf1", "leaf1", "leaf2", "leaf2", "leaf3", "leaf3"]
+    base = schedule.circle(6)
+    fitted = fit_rounds(base, leaves, fmap["uplink_pairs"])
+    assert sorted(schedule.all_pairs(fitted)) == sorted(schedule.all_pairs(base))  # every pair, once
+    for rnd in fitted:
+        nodes = [x for p in rnd for x in p]
+        assert len(nodes) == len(set(nodes))  # still disjoint
+        for pair, share in round_sharing(rnd, leaves).items():
+            assert share["uplink_pairs"] <= 1 and share["shared_with"] == [], (rnd, share)
+    assert len(fitted) > len(base)
+    # unfitted circle rounds: some pairs share an uplink, and the record says with whom
+    shared = [round_sharing(r, leaves) for r in base]
+    assert any(s["uplink_pairs"] == 2 for r in shared for s in r.values())
+    one = round_sharing([(0, 2), (1, 4), (3, 5)], leaves)  # lab1-lab3, lab2-lab5, lab4-lab6
+    assert one[(0, 2)] == {"uplinks": ["leaf1", "leaf2"], "uplink_pairs": 2, "shared_with": [(1, 4), (3, 5)]}
+
+
+def test_sweep_plan_is_fitted_to_the_topology_and_records_it(tmp_path):
+    from fabricbench.lab.plan import make_plan
+    from fabricbench.lab.topology import render_yaml
+    from fabricbench.slurm.cli import _build_plan
+    from fabricbench.slurm.fabric_map import fabric_map
+
+    path = tmp_path / "topology.yaml"
+    path.write_text(render_yaml(make_plan(0, 6, 3, 400_000_000, oversubscription=2.0)))
+    config = dict(pattern="circle", partners=3, repeat=2, seed=0, serial=False, sizes=[1 << 20], iters=5,
+                  warmup=1, backend="gloo", retest_below=0.8, connect_timeout_s=30.0, pair_timeout_s=60.0,
+                  timeout_s=600.0, fabric=fabric_map(str(path)), fit_uplinks=True)
+    nodes = [f"lab{i}" for i in range(1, 7)]
+    plan = _build_plan(config, nodes, str(tmp_path), "r1", local=False)
+    assert plan.extra["fabric"]["fitted"] and plan.extra["fabric"]["leaves"][4] == "leaf3"
+    assert plan.ordered  # rounds wait for each other: a round is who ran together
+    assert [r["round"] for r in plan.rounds] == list(range(len(plan.rounds)))
+    assert {r["repeat"] for r in plan.rounds} == {0, 1} and plan.pair_count() == 30
+    config["fit_uplinks"] = False
+    loose = _build_plan(config, nodes, str(tmp_path), "r1", local=False)
+    assert len(loose.rounds) == 10 and not loose.extra["fabric"]["fitted"] and loose.ordered
+    path.write_text(render_yaml(make_plan(0, 6, 3, 400_000_000)))  # non-blocking: no limit, no ordering
+    config["fabric"], config["fit_uplinks"] = fabric_map(str(path)), True
+    free = _build_plan(config, nodes, str(tmp_path), "r1", local=False)
+    assert len(free.rounds) == 10 and not free.ordered and not free.extra["fabric"]["fitted"]
+
+
+def test_a_sweep_that_timeout_would_cut_is_announced(capsys):
+    from fabricbench.slurm.cli import _warn_if_too_long
+
+    config = dict(pattern="circle", partners=3, repeat=2, serial=False, sizes=[1 << 20, 1 << 25],
+                  measure_target_s=2.0, timeout_s=600.0)
+    _warn_if_too_long(config, 8)  # 14 rounds x (2 s x 7 + 3 s) = 238 s: fits
+    assert capsys.readouterr().err == ""
+    _warn_if_too_long(config, 32)  # 62 rounds x 17 s = 1054 s
+    err = capsys.readouterr().err
+    assert "~1054 s" in err and "62 rounds" in err and "--timeout is 600 s" in err

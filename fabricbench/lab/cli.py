@@ -47,6 +47,11 @@ def register(app: typer.Typer) -> None:
                                    "are spread over them in contiguous blocks."),
         link_rate: str = typer.Option("400mbit", "--link-rate", help="tc rate of every node link, each "
                                       "direction (e.g. 400mbit, 1gbit; 'none' = unshaped, CPU-bound)."),
+        oversubscription: Optional[str] = typer.Option(None, "--oversubscription", help="Shape every leaf's "
+                                                       "uplink to (its nodes x link rate) / R, e.g. 2:1 "
+                                                       "(default: unshaped, non-blocking).", show_default=False),
+        uplink_rate: Optional[str] = typer.Option(None, "--uplink-rate", help="Shape every leaf's uplink to this "
+                                                  "tc rate, each direction (e.g. 400mbit).", show_default=False),
         cpus_per_node: int = typer.Option(4, "--cpus-per-node", help="CPUs each node declares to Slurm."),
         no_install: bool = typer.Option(False, "--no-install", help="Do not apt-get install missing Slurm "
                                         "daemons; fail instead."),
@@ -59,12 +64,16 @@ def register(app: typer.Typer) -> None:
         from fabricbench.lab import manager
 
         lab = manager.up(nodes, leaves, link_rate, state_dir, cpus_per_node, install=not no_install, shares=share,
-                         log=lambda msg: typer.echo(f"lab: {msg}", err=True))
+                         log=lambda msg: typer.echo(f"lab: {msg}", err=True), oversubscription=oversubscription,
+                         uplink_rate=uplink_rate)
         plan = lab.plan
         typer.echo(f"lab {plan.lab_id} up in {lab.state['up_seconds']:.1f} s: {len(plan.nodes)} nodes "
                    f"({plan.nodes[0].name}..{plan.nodes[-1].name}) on {len(plan.leaves)} "
                    f"{'leaf' if len(plan.leaves) == 1 else 'leaves'}, links "
-                   f"{manager.tc.format_rate(plan.link_rate_bps)}, subnet {plan.subnet}, state {lab.dir}")
+                   f"{manager.tc.format_rate(plan.link_rate_bps)}"
+                   + (f", uplinks {', '.join(sorted({manager.tc.format_rate(l.uplink_rate_bps) for l in plan.leaves}))}"
+                      if any(l.uplink_rate_bps for l in plan.leaves) else "")
+                   + f", subnet {plan.subnet}, state {lab.dir}")
         typer.echo(f'use it: eval "$(fabricbench lab env'
                    + (f" --state-dir {lab.dir}" if state_dir else "") + ')"; srun -N2 hostname')
 
@@ -117,7 +126,10 @@ def register(app: typer.Typer) -> None:
 
     @lab_app.command("degrade")
     def degrade_cmd(
-        nic: Optional[str] = typer.Option(None, "--nic", help="A node's link, both directions."),
+        nic: Optional[str] = typer.Option(None, "--nic", help="A node's link (both directions unless --direction)."),
+        direction: Optional[str] = typer.Option(None, "--direction", help="With --nic: rx (traffic into the node), "
+                                                "tx (traffic out of it) or both [default: both].",
+                                                show_default=False),
         pair: Optional[Tuple[str, str]] = typer.Option(None, "--pair", help="Traffic from A to B only (tc "
                                                        "filter on A's egress by B's address).", show_default=False),
         uplink: Optional[str] = typer.Option(None, "--uplink", help="A leaf's uplink to the spine (leaf2 or 2), "
@@ -133,7 +145,7 @@ def register(app: typer.Typer) -> None:
 
         kind, target, a, b = _target(nic, pair, uplink, required=True)
         lab = manager.load(state_dir)
-        deg = manager.degrade(lab, kind, target, a, b, rate, delay, loss)
+        deg = manager.degrade(lab, kind, target, a, b, rate, delay, loss, direction=direction)
         typer.echo(f"degraded {manager.describe(deg)}")
 
     @lab_app.command("heal")

@@ -71,8 +71,12 @@ def load(state_dir: str | os.PathLike | None = None, need_up: bool = True) -> La
 # -------------------------------------------------------------------------------------------------------- up
 
 def up(nodes: int, leaves: int = 1, link_rate: str = DEFAULT_LINK_RATE, state_dir=None, cpus_per_node: int = 4,
-       install: bool = True, log=None, shares: list[str] | None = None) -> Lab:
-    """Build the lab; on any failure remove what was built and raise. Returns the Lab (phase 'up')."""
+       install: bool = True, log=None, shares: list[str] | None = None, oversubscription: str | None = None,
+       uplink_rate: str | None = None) -> Lab:
+    """Build the lab; on any failure remove what was built and raise. Returns the Lab (phase 'up').
+
+    `oversubscription` ('2:1' or '2') or `uplink_rate` ('400mbit') shape every leaf's uplink; by default
+    uplinks are unshaped (non-blocking)."""
     require_root("up")
     def say(msg: str) -> None:  # progress only: a closed stdout must not undo the lab
         try:
@@ -81,7 +85,10 @@ def up(nodes: int, leaves: int = 1, link_rate: str = DEFAULT_LINK_RATE, state_di
             pass
 
     rate_bps = tc.parse_rate(link_rate, "--link-rate")
-    make_plan(0, nodes, leaves, rate_bps, cpus_per_node)  # validate the numbers before touching anything
+    ratio = parse_ratio(oversubscription) if oversubscription is not None else None
+    uplink_bps = tc.parse_rate(uplink_rate, "--uplink-rate") if uplink_rate is not None else None
+    shape = dict(oversubscription=ratio, uplink_rate_bps=uplink_bps)
+    make_plan(0, nodes, leaves, rate_bps, cpus_per_node, **shape)  # validate the numbers before touching anything
     path = resolve_state_dir(state_dir)
     if not _SAFE_PATH.match(str(path)):
         raise UsageError(f"--state-dir {path}: use only letters, digits and ./_+- (the path goes into slurm.conf)")
@@ -107,7 +114,7 @@ def up(nodes: int, leaves: int = 1, link_rate: str = DEFAULT_LINK_RATE, state_di
     try:
         with machine_lock():
             lab_id = _free_lab_id()
-            plan = make_plan(lab_id, nodes, leaves, rate_bps, cpus_per_node)
+            plan = make_plan(lab_id, nodes, leaves, rate_bps, cpus_per_node, **shape)
             state.data.update(lab_id=lab_id, plan=plan.as_dict())
             state.save()
             netns.run(["ip", "link", "add", plan.spine_bridge, "type", "bridge"])
@@ -134,6 +141,19 @@ def up(nodes: int, leaves: int = 1, link_rate: str = DEFAULT_LINK_RATE, state_di
         except Exception:  # the original error is the one to report
             pass
         raise
+
+
+def parse_ratio(text: str) -> float:
+    """'2:1', '2', '1.5:1' -> 2.0, 2.0, 1.5 (downlink : uplink capacity of a leaf)."""
+    raw = str(text).strip()
+    num, _, den = raw.partition(":")
+    try:
+        value = float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"--oversubscription '{text}': write a ratio such as 2:1 (downlink : uplink)") from None
+    if not 1 <= value <= 64:
+        raise UsageError(f"--oversubscription '{text}': choose 1:1 (non-blocking) to 64:1")
+    return value
 
 
 def _owner_tag(path: Path) -> str:
@@ -190,26 +210,41 @@ def _iface_specs(lab: Lab) -> dict[tuple[str | None, str], tc.IfaceSpec]:
     for node in plan.nodes:
         specs[(node.netns, "eth0")] = tc.IfaceSpec(tc.Shape(link))  # node -> switch
         specs[(None, node.host_if)] = tc.IfaceSpec(tc.Shape(link))  # switch -> node
-    for leaf in plan.leaves:
-        specs[(None, leaf.uplink_leaf_if)] = tc.IfaceSpec()
-        specs[(None, leaf.uplink_spine_if)] = tc.IfaceSpec()
+    for leaf in plan.leaves:  # unshaped (non-blocking) unless the lab is oversubscribed
+        specs[(None, leaf.uplink_leaf_if)] = tc.IfaceSpec(tc.Shape(leaf.uplink_rate_bps))
+        specs[(None, leaf.uplink_spine_if)] = tc.IfaceSpec(tc.Shape(leaf.uplink_rate_bps))
     for deg in lab.state.get("degradations", []):
         shape = tc.Shape(deg.get("rate_bps"), deg.get("delay_us"), deg.get("loss_pct"))
         if deg["kind"] == "nic":
             node = plan.node(deg["target"])
-            for key in ((node.netns, "eth0"), (None, node.host_if)):
+            for key in nic_ifaces(node, deg.get("direction", "both")):
                 base = specs[key].base
                 specs[key].base = tc.Shape(shape.rate_bps or base.rate_bps, shape.delay_us, shape.loss_pct)
         elif deg["kind"] == "uplink":
             leaf = plan.leaf(deg["target"])
             for dev in (leaf.uplink_leaf_if, leaf.uplink_spine_if):
-                specs[(None, dev)].base = shape
+                specs[(None, dev)].base = tc.Shape(shape.rate_bps or leaf.uplink_rate_bps, shape.delay_us,
+                                                   shape.loss_pct)
     for deg in lab.state.get("degradations", []):  # pairs last: they combine with the NIC's own shape
         if deg["kind"] == "pair":
             a, b = plan.node(deg["a"]), plan.node(deg["b"])
             specs[(a.netns, "eth0")].per_dst[b.addr] = tc.Shape(deg.get("rate_bps"), deg.get("delay_us"),
                                                                  deg.get("loss_pct"))
     return specs
+
+
+NIC_DIRECTIONS = ("both", "rx", "tx")
+
+
+def nic_ifaces(node, direction: str) -> list[tuple[str | None, str]]:
+    """The egress interfaces that carry a node's traffic in `direction`: tx (out of the node) leaves through
+    its own eth0; rx (into the node) leaves the leaf bridge through the node's switch port (host side)."""
+    out = []
+    if direction in ("both", "tx"):
+        out.append((node.netns, "eth0"))
+    if direction in ("both", "rx"):
+        out.append((None, node.host_if))
+    return out
 
 
 def _apply(specs: dict, only: set | None = None) -> None:
@@ -413,10 +448,16 @@ def _target_key(deg: dict) -> tuple:
 
 
 def degrade(lab: Lab, kind: str, target: str | None = None, a: str | None = None, b: str | None = None,
-            rate: str | None = None, delay: str | None = None, loss: str | None = None) -> dict:
-    """Add (or replace) one degradation: kind nic (target node), pair (a -> b), uplink (target leaf)."""
+            rate: str | None = None, delay: str | None = None, loss: str | None = None,
+            direction: str | None = None) -> dict:
+    """Add (or replace) one degradation: kind nic (target node; `direction` rx = traffic into it, tx = out of
+    it, both), pair (a -> b), uplink (target leaf)."""
     require_root("degrade")
     plan = lab.plan
+    if direction is not None and kind != "nic":
+        raise UsageError("--direction is for --nic (a pair is one direction already; an uplink is both)")
+    if direction is not None and direction not in NIC_DIRECTIONS:
+        raise UsageError(f"--direction {direction}: choose rx (traffic into the node), tx (out of it) or both")
     if kind == "nic":
         plan.node(target)
         reference = plan.link_rate_bps
@@ -428,11 +469,12 @@ def degrade(lab: Lab, kind: str, target: str | None = None, a: str | None = None
     elif kind == "uplink":
         leaf = plan.leaf(target)
         target = leaf.name
-        reference = plan.link_rate_bps * len(leaf.nodes) if plan.link_rate_bps else None
+        reference = leaf.uplink_rate_bps or (plan.link_rate_bps * len(leaf.nodes) if plan.link_rate_bps else None)
     else:
         raise UsageError(f"unknown degradation kind {kind!r}")
     rate_bps = tc.parse_rate(rate, "--rate", relative_to=reference) if rate is not None else None
     deg = {"kind": kind, "target": target, "a": a, "b": b, "rate_bps": rate_bps,
+           "direction": (direction or "both") if kind == "nic" else None,
            "delay_us": tc.parse_delay(delay), "loss_pct": tc.parse_loss(loss)}
     if deg["delay_us"] and not tc.netem_available(plan.ctl_netns):
         raise UsageError("--delay needs the kernel's netem qdisc (CONFIG_NET_SCH_NETEM), which this kernel "
@@ -474,7 +516,8 @@ def heal(lab: Lab, kind: str | None = None, target: str | None = None, a: str | 
 
 
 def describe(deg: dict) -> str:
-    what = {"nic": lambda: f"nic {deg['target']} (both directions)",
+    sides = {"both": "both directions", "rx": "receive only: traffic into it", "tx": "send only: traffic out of it"}
+    what = {"nic": lambda: f"nic {deg['target']} ({sides[deg.get('direction', 'both')]})",
             "pair": lambda: f"pair {deg['a']} -> {deg['b']}",
             "uplink": lambda: f"uplink {deg['target']} <-> spine (both directions)"}[deg["kind"]]()
     parts = []
@@ -502,6 +545,8 @@ def status(lab: Lab) -> dict:
     return {"state_dir": str(lab.dir), "lab_id": plan.lab_id, "subnet": plan.subnet,
             "slurm_conf": str(lab.conf), "controller": f"{plan.ctl_name} ({plan.ctl_addr})",
             "link_rate": tc.format_rate(plan.link_rate_bps), "link_rate_bps": plan.link_rate_bps,
+            "oversubscription": plan.oversubscription,
+            "uplink_rate_bps": {leaf.name: leaf.uplink_rate_bps for leaf in plan.leaves},
             "leaves": {leaf.name: leaf.nodes for leaf in plan.leaves}, "nodes": nodes,
             "degradations": degs, "degradations_text": [describe(d) for d in degs],
             "up_seconds": lab.state.get("up_seconds"), "shared_dir": str(lab.dir / "shared"),

@@ -45,6 +45,7 @@ class Leaf:
     uplink_leaf_if: str  # uplink end plugged into the leaf bridge (its egress carries leaf -> spine traffic)
     uplink_spine_if: str  # uplink end plugged into the spine bridge (its egress carries spine -> leaf traffic)
     nodes: list[str] = field(default_factory=list)
+    uplink_rate_bps: int | None = None  # tc rate of the uplink, each direction; None = unshaped (non-blocking)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Plan:
     ctl_host_if: str
     link_rate_bps: int | None
     cpus_per_node: int
+    oversubscription: float | None = None  # downlink : uplink capacity of every leaf, when given at `up`
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -101,7 +103,10 @@ def link_pattern(lab_id: int) -> str:
 
 
 def make_plan(lab_id: int, nodes: int, leaves: int = 1, link_rate_bps: int | None = None,
-              cpus_per_node: int = 4) -> Plan:
+              cpus_per_node: int = 4, oversubscription: float | None = None,
+              uplink_rate_bps: int | None = None) -> Plan:
+    """The layout. Uplinks: unshaped by default; `uplink_rate_bps` shapes every leaf's uplink to that rate;
+    `oversubscription` r shapes each to (its nodes x link rate) / r, so r = 2 gives a 2:1 leaf."""
     if not 1 <= nodes <= MAX_NODES:
         raise UsageError(f"--nodes {nodes}: choose 1 to {MAX_NODES}")
     if not 1 <= leaves <= nodes:
@@ -110,6 +115,14 @@ def make_plan(lab_id: int, nodes: int, leaves: int = 1, link_rate_bps: int | Non
         raise UsageError(f"lab number {lab_id} out of range 0..{MAX_LABS - 1}")
     if cpus_per_node < 1:
         raise UsageError(f"--cpus-per-node {cpus_per_node}: must be at least 1")
+    if oversubscription is not None and uplink_rate_bps is not None:
+        raise UsageError("give --oversubscription or --uplink-rate, not both")
+    if oversubscription is not None:
+        if not link_rate_bps:
+            raise UsageError("--oversubscription needs shaped node links (a --link-rate, not none): the "
+                             "uplink's rate is a share of what its nodes' links carry")
+        if not 1 <= oversubscription <= 64:
+            raise UsageError(f"--oversubscription {oversubscription:g}:1: choose 1:1 to 64:1")
     prefix = prefix_for(lab_id)
     net = f"{SUBNET_BASE}.{lab_id}"
     leaf_objs = [Leaf(f"leaf{j}", j, f"{prefix}l{j}", f"{prefix}u{j}l", f"{prefix}u{j}s")
@@ -123,10 +136,15 @@ def make_plan(lab_id: int, nodes: int, leaves: int = 1, link_rate_bps: int | Non
             node_objs.append(Node(name, i, f"{net}.{i}", leaf.name, f"{prefix}-{name}", f"{prefix}n{i}"))
             leaf.nodes.append(name)
             i += 1
+    for leaf in leaf_objs:
+        if uplink_rate_bps is not None:
+            leaf.uplink_rate_bps = uplink_rate_bps
+        elif oversubscription is not None and leaf.nodes:
+            leaf.uplink_rate_bps = int(link_rate_bps * len(leaf.nodes) / oversubscription)
     return Plan(lab_id=lab_id, prefix=prefix, subnet=f"{net}.0/24", nodes=node_objs, leaves=leaf_objs,
                 spine_bridge=f"{prefix}s", host_addr=f"{net}.{HOST_OCTET}", ctl_name=CTL_NAME,
                 ctl_addr=f"{net}.{CTL_HOST_OCTET}", ctl_netns=f"{prefix}-ctl", ctl_host_if=f"{prefix}c",
-                link_rate_bps=link_rate_bps, cpus_per_node=cpus_per_node)
+                link_rate_bps=link_rate_bps, cpus_per_node=cpus_per_node, oversubscription=oversubscription)
 
 
 def hosts_file(plan: Plan) -> str:

@@ -3,7 +3,9 @@
 It follows fabricbench's topology schema (fabricbench/topology/schema.py, schema_version 1): one node type
 `labnode` (no GPUs, one rank per node, one NIC `eth0` at the link rate, link layer `emulated`) and a fabric of
 kind `tree` whose switches are the lab's bridges: `spine` above `leaf1..leafL`, each leaf listing its nodes.
-Uplinks are not shaped unless degraded, so `uplink_rate` is omitted (non-blocking). The file describes the
+Uplinks are unshaped (non-blocking: `uplink_rate` omitted) unless `lab up --oversubscription R:1` or
+`--uplink-rate` shaped them: then each leaf switch carries its `uplink_rate` (the tc rate of its uplink, each
+direction), so the analyzer knows what a round's cross-leaf pairs can share. The file describes the
 healthy lab: degradations are the ground truth an analysis must find, and `fabricbench lab status --json`
 reports them separately.
 """
@@ -27,13 +29,23 @@ def rate_text(bps: int | None) -> str:
 def topology_dict(plan: Plan) -> dict:
     rate = rate_text(plan.link_rate_bps)
     switches = [{"name": "spine", "switches": [leaf.name for leaf in plan.leaves]}]
-    switches += [{"name": leaf.name, "nodes": list(leaf.nodes)} for leaf in plan.leaves]
+    for leaf in plan.leaves:
+        switch = {"name": leaf.name, "nodes": list(leaf.nodes)}
+        if leaf.uplink_rate_bps:
+            switch["uplink_rate"] = rate_text(leaf.uplink_rate_bps)
+        switches.append(switch)
+    uplinks = "uplinks unshaped (non-blocking)"
+    if any(leaf.uplink_rate_bps for leaf in plan.leaves):
+        uplinks = "uplinks shaped to " + ", ".join(f"{leaf.name} {rate_text(leaf.uplink_rate_bps)}"
+                                                   for leaf in plan.leaves if leaf.uplink_rate_bps)
+        if plan.oversubscription:
+            uplinks += f" ({plan.oversubscription:g}:1 oversubscribed)"
     return {
         "schema_version": 1,
         "name": f"fabricbench-lab-{plan.lab_id}",
         "description": (f"fabricbench lab {plan.lab_id}: {len(plan.nodes)} nodes (network namespaces on one "
                         f"machine) on {len(plan.leaves)} leaf bridge(s) under one spine bridge; node links "
-                        f"shaped by tc to {rate}, uplinks unshaped"),
+                        f"shaped by tc to {rate}, {uplinks}"),
         "sources": ["fabricbench lab up (tc htb rates on every node veth)"],
         "node_types": {
             "labnode": {

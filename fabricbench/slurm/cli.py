@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import socket
 import sys
 import typing
 from pathlib import Path
@@ -294,8 +295,20 @@ def register(app: typer.Typer) -> None:
                                "against rank k of the others (one rank per GPU).")),
         _p("hca", str, O(None, "--hca", help="Per-rail: comma-separated HCA of each rail, in local-rank order "
                          "(mlx5_0,mlx5_1,...): NCCL_IB_HCA='=<hca k>' for rank k.", show_default=False)),
-        _p("pair_timeout", float, O(60.0, "--pair-timeout", help="Seconds one pair may take (all its sizes); "
-                                    "past it the pair is recorded failed.")),
+        _p("pair_timeout", float, O(60.0, "--pair-timeout", help="Seconds a pair's first exchange (one warm-up "
+                                    "round trip at the largest size) may take; later steps get deadlines from "
+                                    "what it measured. Past one, the pair is recorded failed (what it measured "
+                                    "before is kept).")),
+        _p("topology", str, O(None, "--topology", help="Topology file or name: which leaf each node is on and "
+                              "what its uplink carries [default: the lab's topology.yaml when "
+                              "$FABRICBENCH_LAB_DIR is set]. Rows then record the uplinks each pair shared in "
+                              "its round.", show_default=False)),
+        _p("fit_uplinks", bool, O(True, "--fit-uplinks/--no-fit-uplinks", help="With a topology whose leaves are "
+                                  "oversubscribed: never put more cross-leaf pairs on one uplink in a round than "
+                                  "it carries at full rate (more rounds, no contention).")),
+        _p("measure_time", float, O(2.0, "--measure-time", help="Seconds one measurement (one size, one "
+                                    "direction) aims at: its iterations (at most -n) are chosen from a timed "
+                                    "round trip of that size. 0 = always -n iterations.")),
         _p("connect_timeout", float, O(30.0, "--connect-timeout", help="Seconds to wait for a pair's peer to "
                                        "show up (it may still be in its previous round).")),
     ]
@@ -365,6 +378,8 @@ def _sweep_config(kw: dict) -> dict:
                           (kw["pair_timeout"], "--pair-timeout"), (kw["connect_timeout"], "--connect-timeout")):
         if value <= 0:
             raise UsageError(f"{option} must be positive, got {value}")
+    if kw["measure_time"] < 0:
+        raise UsageError(f"--measure-time must be 0 (fixed iterations) or more seconds, got {kw['measure_time']}")
     if kw["warmup"] < 0:
         raise UsageError(f"-w/--warmup must be 0 or more, got {kw['warmup']}")
     if kw["pattern"] not in PATTERNS:
@@ -379,11 +394,17 @@ def _sweep_config(kw: dict) -> dict:
 
         for h in hcas:
             check_name(h.split(":")[0], "--hca")
+    from fabricbench.slurm.fabric_map import default_topology, fabric_map
+
+    topology = kw.get("topology") or (None if kw.get("local") else default_topology())
+    fabric = fabric_map(topology) if topology else None
     return dict(sizes=sizes, iters=kw["iters"], warmup=kw["warmup"], backend=kw["backend"],
+                fabric=fabric, fit_uplinks=bool(kw.get("fit_uplinks", True)),
                 pattern=kw["pattern"], partners=kw["partners"], repeat=kw["repeat"], seed=kw["seed"],
                 retest=kw["retest"], retest_below=kw["retest_below"], per_rail=kw["per_rail"], hcas=hcas,
                 serial=kw["serial"],
                 pair_timeout_s=float(kw["pair_timeout"]), connect_timeout_s=float(kw["connect_timeout"]),
+                measure_target_s=float(kw["measure_time"]),
                 timeout_s=float(kw["timeout"]))
 
 
@@ -398,6 +419,9 @@ def _build_plan(config: dict, nodes: list[str], out: str, run_id: str, local: bo
     if not config.get("per_rail"):
         tpn = 1
     rounds = make_rounds(len(nodes), config["pattern"], config["partners"], config["repeat"], config["seed"])
+    fabric = _plan_fabric(config, nodes)
+    if fabric and fabric["fitted"]:
+        rounds = _fit(rounds, fabric)
     if config.get("serial"):
         rounds = [{"round": i, "repeat": r["repeat"], "pairs": [p]}
                   for i, (r, p) in enumerate((r, p) for r in rounds for p in r["pairs"])]
@@ -406,8 +430,45 @@ def _build_plan(config: dict, nodes: list[str], out: str, run_id: str, local: bo
                 iters=config["iters"], warmup=config["warmup"], backend=_resolve_sweep_backend(config["backend"]),
                 tasks_per_node=tpn, hcas=config.get("hcas"), local=local, port_base=port,
                 connect_timeout_s=config["connect_timeout_s"], pair_timeout_s=config["pair_timeout_s"],
-                step_timeout_s=config.get("step_timeout_s") or config["timeout_s"], ordered=bool(config.get("serial")),
-                extra={"pattern": config["pattern"], "retest_below": config["retest_below"]})
+                measure_target_s=config.get("measure_target_s", 2.0),
+                step_timeout_s=config.get("step_timeout_s") or config["timeout_s"],
+                ordered=bool(config.get("serial") or (fabric and fabric["uplink_pairs"])),
+                extra={"pattern": config["pattern"], "retest_below": config["retest_below"],
+                       **({"fabric": fabric} if fabric else {})})
+
+
+def _plan_fabric(config: dict, nodes: list[str]) -> dict | None:
+    """What the plan keeps of the topology: each node's leaf, the uplink limits, whether rounds were fitted.
+
+    On oversubscribed leaves the rounds also run in order (round k starts when every node of round k-1 is
+    done with it, as --serial), fitted or not: otherwise a pair that finished early starts its next round
+    beside the slower pairs of the last one, and a round would not say which pairs really ran together."""
+    from fabricbench.slurm.fabric_map import leaves_for
+
+    fmap = config.get("fabric")
+    if not fmap:
+        return None
+    leaves = leaves_for(nodes, fmap)
+    if not any(leaves):
+        return None
+    used = {leaf for leaf in leaves if leaf}
+    limits = {k: v for k, v in (fmap.get("uplink_pairs") or {}).items() if k in used}
+    return {"source": fmap.get("source"), "leaves": leaves, "uplink_pairs": limits,
+            "uplink_gbps": {k: v for k, v in (fmap.get("uplink_gbps") or {}).items() if k in used},
+            "host_gbps": fmap.get("host_gbps"),
+            "fitted": bool(limits) and bool(config.get("fit_uplinks", True)) and not config.get("serial")}
+
+
+def _fit(rounds: list[dict], fabric: dict) -> list[dict]:
+    """Re-pack each repeat's pairs into rounds that respect the uplink limits; rounds renumbered in order."""
+    from fabricbench.slurm.fabric_map import fit_rounds
+
+    out: list[dict] = []
+    for rep in sorted({r["repeat"] for r in rounds}):
+        base = [[tuple(p) for p in r["pairs"]] for r in rounds if r["repeat"] == rep]
+        for pairs in fit_rounds(base, fabric["leaves"], fabric["uplink_pairs"]):
+            out.append({"round": len(out), "repeat": rep, "pairs": [list(p) for p in pairs]})
+    return out
 
 
 def _plan_retest(out: Path):
@@ -422,6 +483,26 @@ def _plan_retest(out: Path):
         return None
     retest.save(plan_path(out, "retest"))
     return retest
+
+
+def _expand(nodelist: str | None) -> list[str]:
+    from fabricbench.slurm.templates import expand_nodes
+
+    return expand_nodes(nodelist, "--nodelist") if nodelist else []
+
+
+def _warn_if_too_long(config: dict, n: int) -> None:
+    """A sweep whose measurements are time-targeted has a predictable worst case on a slow fabric: say so
+    before it starts when --timeout would cut it (the rounds it reaches are kept, the rest are failed rows)."""
+    if n < 2 or not config.get("measure_target_s"):
+        return
+    rounds = (n - 1 if n % 2 == 0 else n) if config["pattern"] == "circle" else config["partners"]
+    rounds *= config["repeat"] * (max(1, n // 2) if config.get("serial") else 1)
+    per_pair = config["measure_target_s"] * (1 + 3 * len(config["sizes"])) + 3.0  # warm-up, 3 per size, joining
+    if rounds * per_pair > config["timeout_s"]:
+        typer.echo(f"fabricbench: warning: on a slow fabric this sweep may need up to ~{rounds * per_pair:.0f} s "
+                   f"({rounds} rounds x ~{per_pair:.0f} s a pair at --measure-time {config['measure_target_s']:g}); "
+                   f"--timeout is {config['timeout_s']:g} s: rounds past it are recorded as failed", err=True)
 
 
 def _sweep(kw: dict) -> None:
@@ -442,10 +523,11 @@ def _sweep_body(kw: dict, held) -> None:
     run_id = new_run_id()
     out = _out_dir(kw, run_id)
     command_line = ["fabricbench", *sys.argv[1:]]
+    if kw["local"] and kw.get("nodes") is None:
+        raise UsageError("--local needs --nodes N: how many local processes act as nodes")
+    _warn_if_too_long(config, kw.get("nodes") or len(_expand(kw.get("nodelist"))))
     if kw["local"]:
         n = kw.get("nodes")
-        if n is None:
-            raise UsageError("--local needs --nodes N: how many local processes act as nodes")
         if kw.get("dry_run"):
             raise UsageError("--dry-run shows a batch script; --local submits nothing")
         from fabricbench.slurm.local import run_step
@@ -465,7 +547,7 @@ def _sweep_body(kw: dict, held) -> None:
         started = now_iso()
         atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
                                                "command_line": command_line, "start_time": started,
-                                               "local": True})
+                                               "local": True, "launcher_host": socket.gethostname()})
         path = plan.save(plan_path(out))
         run_step(plan, path, config["timeout_s"])
         if config["retest"]:
@@ -492,6 +574,8 @@ def _sweep_body(kw: dict, held) -> None:
     n = spec.nodes
     rounds = (n - 1 if n % 2 == 0 else n) if config["pattern"] == "circle" else config["partners"]
     rounds *= config["repeat"]
+    if config.get("fabric") and config["fabric"].get("uplink_pairs") and config.get("fit_uplinks"):
+        rounds *= 2  # fitting to the uplinks may need more rounds (the plan is made inside the job)
     if config["serial"]:
         rounds *= max(1, n // 2)
     bound = rounds * (config["pair_timeout_s"] + config["connect_timeout_s"]) + 60
@@ -505,7 +589,8 @@ def _sweep_body(kw: dict, held) -> None:
     held.enter_context(results_lock(out, command_line))
     ensure_shared(out)
     atomic_write_json(out / "sweep.json", {"kind": "pairwise-sweep", "run_id": run_id, "config": config,
-                                           "command_line": command_line, "start_time": now_iso()})
+                                           "command_line": command_line, "start_time": now_iso(),
+                                           "launcher_host": socket.gethostname()})
     meta = {"kind": "sweep", "run_id": run_id, "command_line": command_line, "nodes": n}
     deadline = None if kw.get("time_limit") else 2 * step_timeout + 3600
     job_id, final = submit_and_follow(script, out, meta, not kw["no_wait"], kw["poll"], deadline)

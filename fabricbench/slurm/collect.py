@@ -18,9 +18,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from fabricbench.errors import RunFailed, UsageError
+from fabricbench.slurm.fabric_map import round_sharing
 from fabricbench.slurm.planning import load_records, plan_path
 from fabricbench.slurm.sweep import DIRECTIONS, Plan
 
+# What run.json and the rows spell out of who ran with whom: everything on small sweeps; at scale the `round`,
+# `leaf_a`, `leaf_b` and `uplink_pairs` columns carry the same facts without millions of names.
+ROUNDS_IN_RUN_JSON = 20_000  # pairs: above this, run.json's `rounds` list is left empty
+SHARED_WITH_NAMES = 8  # a row names at most this many other pairs on its uplinks (else None)
 JOB_FILE = "job.json"  # written by submit: job id, script, requested nodes
 NODES_FILE = "job-nodes.txt"  # written by the batch script: $SLURM_JOB_NODELIST
 
@@ -277,7 +282,8 @@ def sweep_frame(out: Path):
         raise UsageError(f"{out}: no plan.json here (not a sweep results directory, or the job never started)")
     records = load_records(out)
     rows: list[dict] = []
-    summary: dict = {"failed_pairs": [], "nodes_missing": {}, "pairs": 0, "pairs_failed": 0}
+    summary: dict = {"failed_pairs": [], "nodes_missing": {}, "pairs": 0, "pairs_failed": 0, "rounds": [],
+                     "node_hosts": {}}
     for plan in plans:
         recs = [r for r in records if r.get("phase") == plan.phase]
         reasons = node_reasons(out, plan, recs)
@@ -294,9 +300,27 @@ def sweep_frame(out: Path):
             if r.get("kind") == "pair_failed":
                 failures[(r["round"], r["node_a"], r["node_b"], r.get("rail", 0))].append(f"{r['node']}: {r['error']}")
         hosts = {(r["node"], r.get("rail", 0)): r.get("host") for r in recs if r.get("kind") == "start"}
+        for (node, rail), host in hosts.items():
+            summary["node_hosts"].setdefault(node, host)
+        fabric = plan.extra.get("fabric") or {}
+        leaves = fabric.get("leaves") or [None] * len(plan.nodes)
         for rnd in plan.rounds:
+            pairs = [tuple(p) for p in rnd["pairs"]]
+            sharing = round_sharing(pairs, leaves)
+            if plan.pair_count() <= ROUNDS_IN_RUN_JSON:
+                summary["rounds"].append({
+                    "phase": plan.phase, "round": rnd["round"], "repeat": rnd.get("repeat", 0),
+                    "pairs": [[plan.nodes[x] for x in p] for p in pairs],
+                    "uplinks": {leaf: [[plan.nodes[x] for x in p] for p in pairs if leaf in sharing[p]["uplinks"]]
+                                for leaf in sorted({l for p in pairs for l in sharing[p]["uplinks"]})}})
             for a_i, b_i in rnd["pairs"]:
                 a, b = plan.nodes[a_i], plan.nodes[b_i]
+                share = sharing[(a_i, b_i)]
+                where = dict(round_pairs=len(pairs), leaf_a=leaves[a_i], leaf_b=leaves[b_i],
+                             uplink_pairs=share["uplink_pairs"] if fabric else None,
+                             uplink_shared_with=";".join(f"{plan.nodes[x]}-{plan.nodes[y]}"
+                                                         for x, y in share["shared_with"])
+                             if fabric and len(share["shared_with"]) <= SHARED_WITH_NAMES else None)
                 for rail in range(plan.tasks_per_node):
                     summary["pairs"] += 1
                     pair_failed = False
@@ -313,11 +337,12 @@ def sweep_frame(out: Path):
                                         op="pingpong" if direction == "pingpong" else "p2p_uni",
                                         backend=plan.backend, device="cuda" if plan.backend == "nccl" else "cpu",
                                         local_rank=rail, repeat=rnd.get("repeat", 0), phase=plan.phase, rail=rail,
-                                        nic=plan.hcas[rail % len(plan.hcas)] if plan.hcas else None)
+                                        nic=plan.hcas[rail % len(plan.hcas)] if plan.hcas else None, **where)
                             r = measured.get(key)
                             if r is not None:
                                 t = r["time_us"]
-                                rows.append(dict(base, status="ok", time_us=t, time_max_us=t, time_min_us=t,
+                                rows.append(dict(base, status="ok", iters=r.get("iters", plan.iters),
+                                                 time_us=t, time_max_us=t, time_min_us=t,
                                                  min_us=t, algbw_gbps=r["algbw_gbps"], busbw_gbps=r["algbw_gbps"],
                                                  latency_us=r.get("latency_us"), nwrong=0, host=r.get("host"),
                                                  rank=r.get("rank"), t_start_ns=r.get("t_start_ns"),
@@ -372,8 +397,11 @@ def collect_sweep(out: Path, quiet: bool = False, echo=print, command_line: list
         "command_line": command_line or meta.get("command_line"), "config": meta.get("config"),
         "backend": plan.backend, "device": "cuda" if plan.backend == "nccl" else "cpu",
         "nodes": plan.nodes, "tasks_per_node": plan.tasks_per_node, "hcas": plan.hcas,
-        "hosts": sorted({h for h in frame["host"].dropna().unique()}) if len(frame) else [],
-        "sizes": plan.sizes, "iters": plan.iters, "warmup": plan.warmup,
+        # the hosts of this run are its nodes (the names in node_a/node_b), never the launching machine: with
+        # --local every "node" is a process on the launcher, whose host name is in `launcher`
+        "hosts": list(plan.nodes), "launcher": {"host": meta.get("launcher_host"), "local": plan.local},
+        "fabric": plan.extra.get("fabric"),
+        "sizes": plan.sizes, "iters": plan.iters, "warmup": plan.warmup, "measure_target_s": plan.measure_target_s,
         "start_time": started or meta.get("start_time"), "end_time": now_iso(), **summary,
     }
     info["out_dir"] = str(out)
@@ -406,7 +434,9 @@ def print_sweep(frame, info: dict, echo=print) -> None:
     nodes = info["nodes"]
     plans = ", ".join(f"{p['phase']}: {p['rounds']} rounds, {p['pairs']} pairs" for p in info["plans"])
     echo(f"# fabricbench pairwise sweep {info['run_id']}: {len(nodes)} nodes ({plans}), backend "
-         f"{info['backend']}, {info['iters']} iterations")
+         f"{info['backend']}, " + (f"up to {info['iters']} iterations per measurement, sized to "
+                                    f"{info['measure_target_s']:g} s each" if info.get("measure_target_s")
+                                    else f"{info['iters']} iterations"))
     echo(f"#{'round':>6} {'node_a':>12} {'node_b':>12} {'rail':>4} {'size(B)':>10} {'a->b GB/s':>10} "
          f"{'b->a GB/s':>10} {'lat(us)':>9}  status")
     if len(frame):

@@ -133,8 +133,14 @@ def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int =
     if not pairs:
         return None
     first = max((r["round"] for r in plan.rounds), default=-1) + 1
+    packed = schedule.pack(pairs)
+    fabric = plan.extra.get("fabric")
+    if fabric and fabric.get("fitted"):  # the retest keeps the sweep's uplink limits
+        from fabricbench.slurm.fabric_map import fit_rounds
+
+        packed = fit_rounds(packed, fabric["leaves"], fabric["uplink_pairs"])
     rounds = [{"round": first + i, "repeat": 0, "pairs": [list(p) for p in rnd]}
-              for i, rnd in enumerate(schedule.pack(pairs))]
+              for i, rnd in enumerate(packed)]
     data = dict(plan.__dict__)
     data.update(phase="retest", rounds=rounds, extra={**plan.extra, "suspects": [list(s) for s in suspects]})
     return Plan(**data)

@@ -8,10 +8,14 @@ through its own pairs round by round; nothing is started per pair except a two-r
   ProcessGroupGloo (or ProcessGroupNCCL) under a key prefix unique to (phase, round, repeat, pair). There is
   no world communicator, so a dead or hung node can only fail its own pairs.
 - per pair: warm-up ping-pongs, then for each size a->b (a streams `iters` messages, b acknowledges the last;
-  a's clock), b->a (the same with the roles swapped; b's clock) and ping-pong (half the round trip).
-- deadlines: a peer gets `connect_timeout_s` to show up (it may still be finishing its previous round) and
-  the pair's measurements get `pair_timeout_s`; every wait is bounded by what is left, so a dead peer's pair
-  fails with the reason and this process moves on to its next round.
+  a's clock), b->a (the same with the roles swapped; b's clock) and ping-pong (half the round trip). The
+  iterations of each measurement are sized to `measure_target_s` from a timed round trip of that size (at
+  most `iters`), so a slow fabric takes fewer iterations rather than missing its deadline.
+- deadlines: a peer gets `connect_timeout_s` to show up (it may still be finishing its previous round), the
+  pair's first exchange gets `pair_timeout_s`, and every later step a deadline derived from what the first
+  exchanges measured; every wait is bounded by what is left, so a dead peer's pair fails with the reason
+  and this process moves on to its next round. Rows are recorded as they are measured: a pair that fails
+  part-way keeps what it measured.
 
 Records are JSON lines appended (and flushed) to `<out>/records/<phase>-rank<R>.jsonl` as they are measured,
 so a process killed mid-sweep keeps what it had; pandas, pyarrow and matplotlib are never imported here (the
@@ -32,7 +36,7 @@ from pathlib import Path
 
 PLAN_VERSION = 1
 RANK_ENV = "FABRICBENCH_SWEEP_RANK"  # local mode: this process's rank (the launcher sets it)
-INJECT_ENV = "FABRICBENCH_SWEEP_INJECT"  # die@NODE:round=R | hang@NODE:round=R | slow@NODE:ms=M (self-tests)
+INJECT_ENV = "FABRICBENCH_SWEEP_INJECT"  # die@ | hang@NODE:round=R | slow@NODE:ms=M | stall@NODE:s=S (self-tests)
 DIRECTIONS = ("a->b", "b->a", "pingpong")
 
 
@@ -52,7 +56,8 @@ class Plan:
     local: bool = False  # every node is a local process on 127.0.0.1
     port_base: int = 0
     connect_timeout_s: float = 30.0
-    pair_timeout_s: float = 60.0
+    pair_timeout_s: float = 60.0  # the pair's first exchange; later steps get deadlines from what it measured
+    measure_target_s: float = 2.0  # seconds one measurement (a size, a direction) aims at; 0 = fixed iters
     step_timeout_s: float = 600.0  # every process leaves by then, whatever its peers do
     ordered: bool = False  # round k starts only when every node of round k-1 has finished it (--serial)
     version: int = PLAN_VERSION
@@ -134,13 +139,15 @@ def _port(plan: Plan, node: int, rail: int) -> int:
     return plan.port_base + (node * plan.tasks_per_node + rail if plan.local else rail)
 
 
-def _injected(node_name: str, node: int) -> tuple[dict[int, str], float]:
-    """({round: 'die'|'hang'}, seconds of delay before every send) for this node, from FABRICBENCH_SWEEP_INJECT:
-    `die@NODE:round=R` (SIGKILL itself at round R), `hang@NODE:round=R` (SIGSTOP itself: a hung node),
-    `slow@NODE:ms=M` (a slow NIC: M ms before each message it sends). NODE is a name or an index."""
+def _injected(node_name: str, node: int) -> tuple[dict[int, str], float, float]:
+    """({round: 'die'|'hang'}, seconds of delay before every send, seconds of stall) for this node, from
+    FABRICBENCH_SWEEP_INJECT: `die@NODE:round=R` (SIGKILL itself at round R), `hang@NODE:round=R` (SIGSTOP
+    itself: a hung node), `slow@NODE:ms=M` (a slow NIC: M ms before each message it sends), `stall@NODE:s=S`
+    (S seconds of silence before its first pair's ping-pong: a measurement that misses its deadline after the
+    pair's bandwidth rows were measured). NODE is a name or an index."""
     spec = os.environ.get(INJECT_ENV, "")
     out: dict[int, str] = {}
-    delay = 0.0
+    delay = stall = 0.0
     for item in filter(None, (s.strip() for s in spec.split(","))):
         kind, _, rest = item.partition("@")
         who, _, opt = rest.partition(":")
@@ -151,7 +158,9 @@ def _injected(node_name: str, node: int) -> tuple[dict[int, str], float]:
             out[int(value) if name == "round" else 0] = kind
         elif kind == "slow" and name == "ms":
             delay = float(value) / 1e3
-    return out, delay
+        elif kind == "stall" and name == "s":
+            stall = float(value)
+    return out, delay, stall
 
 
 class PairLink:
@@ -171,6 +180,7 @@ class PairLink:
             self.pg = dist.ProcessGroupGloo(prefixed, me, 2, timeout)
         self.deadline = time.monotonic() + plan.pair_timeout_s
         self.send_delay = 0.0  # injected (self-tests): a slow sender
+        self.stall_s = 0.0  # injected (self-tests): silence before the first ping-pong
 
     def _wait(self, work, what: str) -> None:
         left = self.deadline - time.monotonic()
@@ -210,22 +220,94 @@ def _one_line(err: BaseException) -> str:
     return (first[:300] + "...") if len(first) > 300 else first
 
 
-def measure_pair(link: PairLink, plan: Plan, i_am_a: bool, buf, ack) -> list[dict]:
-    """Warm-up, then per size a->b, b->a and ping-pong. Returns the rows this rank timed."""
+MIN_ITERS = 2  # a measurement never times fewer messages than this, whatever its time target
+DEADLINE_FACTOR = 4.0  # a step may take this many times what the pair's first exchanges predicted ...
+DEADLINE_SLACK_S = 5.0  # ... plus this much (a busy node's scheduling, the acknowledgement, a retransmit)
+
+
+def iterations_for(per_msg_s: float, target_s: float, most: int, messages_per_iter: int = 1) -> int:
+    """How many iterations fit `target_s` at `per_msg_s` per message: between MIN_ITERS and `most` (-n).
+    A target of 0 means fixed iterations (`most`)."""
+    if target_s <= 0 or per_msg_s <= 0:
+        return most
+    fit = int(target_s / (per_msg_s * messages_per_iter))
+    return max(min(MIN_ITERS, most), min(most, fit))
+
+
+def _exchange(link: PairLink, i_am_a: bool, t, what: str) -> None:
+    """One round trip: a sends, b sends it back."""
+    if i_am_a:
+        link.send(t, f"{what} send")
+        link.recv(t, f"{what} receive")
+    else:
+        link.recv(t, f"{what} receive")
+        link.send(t, f"{what} send")
+
+
+def _agree(link: PairLink, i_am_a: bool, ctrl, values: tuple[float, ...] | None, what: str) -> tuple[float, ...]:
+    """a tells b what it decided (iterations, predicted times): one tiny message, so both run the same counts."""
+    if i_am_a:
+        for i, v in enumerate(values):
+            ctrl[i] = float(v)
+        link.send(ctrl, what)
+        return values
+    link.recv(ctrl, what)
+    return tuple(float(x) for x in ctrl.tolist())
+
+
+def measure_pair(link: PairLink, plan: Plan, i_am_a: bool, buf, ack, ctrl, emit=None) -> list[dict]:
+    """Warm-up, then per size a->b, b->a and ping-pong; returns the rows this rank timed and hands each one to
+    `emit` as soon as it is measured (a pair that fails later keeps the directions it already measured).
+
+    The work is sized to a time target: the first warm-up round trip (largest size) gives the pair's speed;
+    a decides how many more warm-ups fit `measure_target_s` and, per size, after one timed round trip of that
+    size, how many iterations (at most `iters`, at least MIN_ITERS) fit it; b is told. Deadlines follow from
+    the same prediction (DEADLINE_FACTOR x predicted + DEADLINE_SLACK_S per step), so a slow fabric is measured
+    with fewer iterations instead of failing a fixed deadline, and a stalled step fails in seconds, not
+    minutes. Only the first round trip is bounded by `pair_timeout_s` (nothing is known before it)."""
     rows = []
-    iters, warmup = plan.iters, max(1, plan.warmup)
-    big = buf.narrow(0, 0, max(1, plan.sizes[-1] // 4))
-    for _ in range(warmup):  # warm-up per pair: connections, buffers, both directions
-        if i_am_a:
-            link.send(big, "warm-up send")
-            link.recv(big, "warm-up receive")
-        else:
-            link.recv(big, "warm-up receive")
-            link.send(big, "warm-up send")
+    target, most = plan.measure_target_s, plan.iters
+    big_size = plan.sizes[-1]
+    big = buf.narrow(0, 0, max(1, big_size // 4))
+
+    def within(predicted_s: float) -> None:
+        link.deadline = time.monotonic() + DEADLINE_SLACK_S + DEADLINE_FACTOR * predicted_s
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        if emit is not None:
+            emit(row)
+
+    t0 = time.perf_counter()
+    _exchange(link, i_am_a, big, "warm-up")  # connections, buffers, both directions; under pair_timeout_s
+    first_rt = time.perf_counter() - t0
+    more = max(0, min(plan.warmup - 1, int(target / first_rt) if target > 0 else plan.warmup - 1))
+    within(1.0)
+    more, rt_big, _ = _agree(link, i_am_a, ctrl, (more, first_rt, 0), "warm-up plan")
+    sec_per_byte = rt_big / (2 * big_size)  # a's estimate; b uses the same one
+    within(rt_big * more)
+    for _ in range(int(more)):
+        t0 = time.perf_counter()
+        _exchange(link, i_am_a, big, "warm-up")
+        rt_big = time.perf_counter() - t0  # the last one: the warmest estimate of the largest size
     for size in plan.sizes:
         msg = buf.narrow(0, 0, max(1, size // 4))
+        if size == big_size and more:
+            rt = rt_big
+        else:
+            within(2 * size * sec_per_byte)
+            t0 = time.perf_counter()
+            _exchange(link, i_am_a, msg, f"probe of {size} B")  # also this size's warm-up
+            rt = time.perf_counter() - t0
+        per_msg = rt / 2
+        within(1.0)
+        iters, pp_iters, per_msg = _agree(
+            link, i_am_a, ctrl, (iterations_for(per_msg, target, most), iterations_for(per_msg, target, most, 2),
+                                 per_msg), f"plan of {size} B")
+        iters, pp_iters = int(iters), int(pp_iters)
         for direction in ("a->b", "b->a"):
             sender = (direction == "a->b") == i_am_a
+            within(iters * per_msg)
             link.sync()
             t0_wall, t0 = time.time_ns(), time.perf_counter_ns()
             for _ in range(iters):
@@ -241,12 +323,16 @@ def measure_pair(link: PairLink, plan: Plan, i_am_a: bool, buf, ack) -> list[dic
             elapsed = time.perf_counter_ns() - t0
             if sender:
                 t_us = elapsed / 1e3 / iters
-                rows.append(dict(direction=direction, size_bytes=size, time_us=t_us,
-                                 algbw_gbps=size / (t_us * 1e3) if t_us > 0 else None, latency_us=None,
-                                 t_start_ns=t0_wall, t_end_ns=time.time_ns()))
+                record(dict(direction=direction, size_bytes=size, time_us=t_us,
+                            algbw_gbps=size / (t_us * 1e3) if t_us > 0 else None, latency_us=None,
+                            iters=iters, t_start_ns=t0_wall, t_end_ns=time.time_ns()))
+        within(2 * pp_iters * per_msg)
+        if link.stall_s:
+            time.sleep(link.stall_s)
+            link.stall_s = 0.0
         link.sync()
         t0_wall, t0 = time.time_ns(), time.perf_counter_ns()
-        for _ in range(iters):
+        for _ in range(pp_iters):
             if i_am_a:
                 link.send(msg, f"ping-pong send of {size} B")
                 link.recv(msg, f"ping-pong receive of {size} B")
@@ -256,10 +342,10 @@ def measure_pair(link: PairLink, plan: Plan, i_am_a: bool, buf, ack) -> list[dic
         link.sync()
         elapsed = time.perf_counter_ns() - t0
         if i_am_a:
-            one_way = elapsed / 1e3 / iters / 2
-            rows.append(dict(direction="pingpong", size_bytes=size, time_us=one_way,
-                             algbw_gbps=size / (one_way * 1e3) if one_way > 0 else None, latency_us=one_way,
-                             t_start_ns=t0_wall, t_end_ns=time.time_ns()))
+            one_way = elapsed / 1e3 / pp_iters / 2
+            record(dict(direction="pingpong", size_bytes=size, time_us=one_way,
+                        algbw_gbps=size / (one_way * 1e3) if one_way > 0 else None, latency_us=one_way,
+                        iters=pp_iters, t_start_ns=t0_wall, t_end_ns=time.time_ns()))
     return rows
 
 
@@ -403,7 +489,8 @@ def run_rank(plan_path: str) -> int:
         return 1
     buf = torch.ones(max(1, max(plan.sizes) // 4), dtype=torch.float32, device=device)
     ack = torch.zeros(1, dtype=torch.float32, device=device)
-    faults, send_delay = _injected(node_name, node)
+    ctrl = torch.zeros(3, dtype=torch.float64, device=device)
+    faults, send_delay, stall_s = _injected(node_name, node)
     clients: dict[int, object] = {}  # store clients of other nodes, for --serial ordering
     hard_deadline = time.monotonic() + plan.step_timeout_s - 5.0
     ok = failed = 0
@@ -434,13 +521,14 @@ def run_rank(plan_path: str) -> int:
             try:
                 link = PairLink(plan, my_store if i_am_a else peer_store, 0 if i_am_a else 1, device, key)
                 link.send_delay = send_delay
+                link.stall_s, stall_s = stall_s, 0.0
             except Exception as err:  # noqa: BLE001
                 raise PairFailed(f"{plan.nodes[peer]} did not complete the connection within "
                                  f"{plan.connect_timeout_s:g} s ({_one_line(err)})") from None
-            rows = measure_pair(link, plan, i_am_a, buf, ack)
-            for row in rows:
-                rec.write(kind="row", status="ok", host=host, iters=plan.iters, warmup=plan.warmup,
-                          backend=plan.backend, device=device.type, **pair, **row, **base)
+            measure_pair(link, plan, i_am_a, buf, ack, ctrl,
+                         emit=lambda row: rec.write(kind="row", status="ok", host=host, warmup=plan.warmup,
+                                                    backend=plan.backend, device=device.type, **pair, **row,
+                                                    **base))
             rec.write(kind="pair_done", seconds=time.monotonic() - t_pair, **pair, **base)
             ok += 1
         except PairFailed as err:
