@@ -72,7 +72,8 @@ class TorchBackend(Backend):
             self._dev = torch.device("cuda", self.gpu)
         else:
             self._dev = torch.device("cpu")
-        timeout = datetime.timedelta(seconds=max(30.0, timeout_s))
+        # timeout_s is the launcher's no-progress limit (0: none); torch's own watchdog only as a last resort
+        timeout = datetime.timedelta(seconds=max(30.0, timeout_s) if timeout_s else 7 * 86400)
         init = f"tcp://{_url_host(ranks.master_addr)}:{ranks.master_port}"
         kwargs: dict[str, Any] = {}
         if self.device == "cuda":

@@ -4,7 +4,8 @@ Each rank runs `python -m fabricbench worker` with torchrun's variables (RANK, W
 MASTER_ADDR/PORT on a free port); with the MPI backend the ranks are started by `mpirun` instead. Rank 0's
 stdout is the table; every rank's stderr goes to `<out>/logs/rank<N>.log`. When a rank fails, every other
 rank is stopped at once (each rank leads its own process group, so its children go too) and the failed rank
-is named; when the run outlives --timeout, the rank that stopped making progress is named.
+is named; when no rank returns from an operation call for --timeout seconds, the rank that is behind
+is named with its host and the call it is in.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fabricbench.engine.config import ENV as CONFIG_ENV
 from fabricbench.engine.config import RunConfig
 from fabricbench.engine.driver import PROGRESS_ENV, finalize_failed_run
 from fabricbench.errors import RunFailed, UsageError
-from fabricbench.launch.progress import RunProgress
+from fabricbench.launch.progress import RunProgress, read_heartbeats
 
 POLL_S = 0.05
 STOP_GRACE_S = 3.0
@@ -111,7 +112,9 @@ def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
 
 
 def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str, shown: RunProgress) -> int:
-    deadline = time.monotonic() + cfg.timeout_s
+    """Wait for the ranks. --timeout is a no-progress detector (nccl-tests -T): the run is stopped only when
+    no rank has returned from an operation call for that long, never because a healthy sweep runs long."""
+    watch = NoProgress(cfg.timeout_s, progress)
     while True:
         now = time.monotonic()
         shown.tick()
@@ -127,14 +130,40 @@ def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str, show
         if all(r.exit_seen is not None for r in ranks):
             shown.finish()  # the table's last lines before anything else is printed
             return 0
-        if now > deadline:
+        if watch.stalled(now):
             report = _stuck_ranks(progress, len(ranks) if backend != "mpi" else 0)
             _stop_all(ranks)
             shown.finish()
-            message = f"run timed out after {cfg.timeout_s:g} s (--timeout); {report}; all ranks were stopped"
+            message = (f"no rank returned from an operation call for {cfg.timeout_s:g} s (--timeout, a "
+                       f"no-progress limit); {report}; all ranks were stopped")
             finalize_failed_run(cfg.out_dir, message)
             raise RunFailed(f"{message}. Logs: {Path(cfg.out_dir) / 'logs'}")
         time.sleep(POLL_S)
+
+
+class NoProgress:
+    """Progress = the sum over ranks of operation calls returned (from their heartbeat files, rewritten every
+    0.5 s). `stalled` is true once that sum has not moved for `limit_s` seconds (0: never)."""
+
+    CHECK_EVERY_S = 0.25
+
+    def __init__(self, limit_s: float, progress: Path, clock=time.monotonic):
+        self.limit_s, self.progress, self.clock = limit_s, progress, clock
+        self.last_change = clock()
+        self.last_total: tuple[int, int] | None = None
+        self._next_check = 0.0
+
+    def stalled(self, now: float | None = None) -> bool:
+        if not self.limit_s:
+            return False
+        now = self.clock() if now is None else now
+        if now >= self._next_check:
+            self._next_check = now + self.CHECK_EVERY_S
+            beats = read_heartbeats(self.progress)
+            total = (len(beats), sum(b.done for b in beats.values()))
+            if total != self.last_total:
+                self.last_total, self.last_change = total, now
+        return now - self.last_change > self.limit_s
 
 
 def _first_failure(failed: list[Rank]) -> Rank:
@@ -183,27 +212,24 @@ def _raise_for_failure(culprit: Rank, ranks: list[Rank], cfg: RunConfig, backend
 
 
 def _stuck_ranks(progress: Path, nranks: int) -> str:
-    """Name the ranks that are behind: fewest operation calls entered (from each rank's heartbeat)."""
-    state: dict[int, tuple[int, str]] = {}
-    for f in progress.glob("rank*"):
-        try:
-            calls, phase = f.read_text().rstrip("\n").split("\t", 1)
-            state[int(f.name[4:])] = (int(calls), phase)
-        except (OSError, ValueError):
-            continue
+    """Name the ranks that are behind (fewest operation calls entered), with their host and the call they
+    are in, from each rank's heartbeat (named by world rank)."""
+    state = read_heartbeats(progress)
     silent = [r for r in range(nranks) if r not in state]
     if silent:
         return f"rank(s) {', '.join(map(str, silent))} never reported progress (stuck starting up)"
     if not state:
-        return "no rank reported progress"
-    low = min(c for c, _ in state.values())
-    behind = sorted(r for r, (c, _) in state.items() if c == low)
+        return "no rank reported progress (stuck starting up)"
+    low = min(b.calls for b in state.values())
+    behind = sorted(r for r, b in state.items() if b.calls == low)
+    first = state[behind[0]]
     if len(behind) == len(state):
-        phase = state[behind[0]][1]
-        return f"every rank was stuck in {phase} after {low} calls (none is behind: a library or fabric hang)"
-    phase = state[behind[0]][1]
-    return (f"rank {', '.join(map(str, behind))} stopped making progress in {phase} "
-            f"({low} operation calls; the others entered {max(c for c, _ in state.values())})")
+        return (f"every rank is in call {low} ({first.phase}); none is behind the others: a library or "
+                f"fabric hang")
+    where = "; ".join(f"rank {r} on {state[r].host} is in call {low} ({state[r].phase})" for r in behind[:8])
+    more = f" and {len(behind) - 8} more" if len(behind) > 8 else ""
+    return (f"stuck: {where}{more}; the other ranks entered up to {max(b.calls for b in state.values())} "
+            "calls and wait for it")
 
 
 def _stop_all(ranks: list[Rank]) -> None:
