@@ -35,7 +35,7 @@ def _check_writable_dir(path: Path, option: str) -> None:
 def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype, redop, root,
                  check, timing, time_reduce, in_place, out, json_path, timeout, quiet, split=None,
                  cuda_graph=False, cpu_bind="auto", graph_launches=0, agg_iters=1, blocking=0, cycles=1,
-                 env=None):
+                 env=None, window=64):
     from fabricbench.backends import check_backend_name
     from fabricbench.engine.config import RunConfig
     from fabricbench.engine.dtypes import get_dtype, get_redop
@@ -53,7 +53,7 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
     if stepfactor is None and step_b is None:
         step_b = 1 << 20  # nccl-tests' default without -f or -i: add 1 MiB per step (stepBytes = 1M)
     size_sweep(min_b, max_b, stepfactor, step_b)
-    for value, option in ((iters, "-n/--iters"), (agg_iters, "-m/--agg-iters")):
+    for value, option in ((iters, "-n/--iters"), (agg_iters, "-m/--agg-iters"), (window, "--window")):
         if value <= 0:
             raise UsageError(f"{option} must be positive, got {value}")
     for value, option in ((warmup, "-w/--warmup"), (check, "-c/--check"), (timeout, "-T/--timeout"),
@@ -103,7 +103,7 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
         in_place=in_place, split=split, cuda_graph=cuda_graph, cpu_bind=cpu_bind, out_dir=str(out_dir),
         json_path=json_path, timeout_s=float(timeout), run_id=run_id, graph_launches=graph_launches,
         agg_iters=agg_iters, blocking=blocking, cycles=cycles, all_dtypes=all_dtypes, all_redops=all_redops,
-        min_bw=min_bw,
+        min_bw=min_bw, window=window,
         command_line=["fabricbench", *sys.argv[1:]], quiet=quiet,
     )
 
@@ -171,6 +171,8 @@ def register(app: typer.Typer) -> None:
                                       "to back (nccl-tests -m); time is per operation."),
         warmup: int = typer.Option(5, "-w", "--warmup", help="Warm-up iterations per size (not timed); one more "
                                    "untimed call and a barrier always precede timing, even with -w 0."),
+        window: int = typer.Option(64, "--window", help="p2p_uni/p2p_bi: messages in flight per call, as OSU "
+                                   "osu_bw/osu_bibw's window size; time is per message."),
         cycles: int = typer.Option(1, "-N", "--run-cycles", help="Passes over the sizes, each printed "
                                    "(nccl-tests -N; 0: until interrupted)."),
         blocking: int = typer.Option(0, "-z", "--blocking", help="nccl-tests -z: 1 wait and barrier after each "
@@ -212,7 +214,7 @@ def register(app: typer.Typer) -> None:
             timing = "per-iter" if per_iter else timing
         cfg = build_config(ops or [], backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype,
                            redop, root, check, timing, time_reduce, in_place, out, json_path, timeout, quiet,
-                           split, cuda_graph, cpu_bind, graph_launches, agg_iters, blocking, cycles)
+                           split, cuda_graph, cpu_bind, graph_launches, agg_iters, blocking, cycles, window=window)
         if json_path:
             _check_writable_dir(Path(json_path).resolve().parent, "--json")
         if in_external_launcher():

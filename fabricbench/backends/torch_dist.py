@@ -157,6 +157,25 @@ class TorchBackend(Backend):
         for work in dist.batch_isend_irecv(ops):
             work.wait()
 
+    nonblocking_window = True
+
+    def send_window(self, buf, dst, n):
+        works = [dist.isend(buf, self._peer(dst), group=self._group) for _ in range(n)]
+        for work in works:
+            work.wait()
+
+    def recv_window(self, buf, src, n):
+        works = [dist.irecv(buf, self._peer(src), group=self._group) for _ in range(n)]
+        for work in works:
+            work.wait()
+
+    def exchange_window(self, send, recv, peer, n):
+        p = self._peer(peer)
+        ops = [dist.P2POp(dist.irecv, recv, p, self._group) for _ in range(n)]
+        ops += [dist.P2POp(dist.isend, send, p, self._group) for _ in range(n)]
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
     def send(self, buf, dst):
         dist.send(buf, self._peer(dst), group=self._group)
 

@@ -33,6 +33,7 @@ class RunConfig:
     cycles: int = 1  # nccl-tests -N: passes over the sizes (0: until interrupted)
     all_dtypes: bool = False  # -d all
     all_redops: bool = False  # -o all
+    window: int = 64  # p2p_uni/p2p_bi: messages in flight per call (OSU's window size)
     min_bw: float | None = None  # NCCL_TESTS_MIN_BW: fail when the average busbw < 0.9 x this (GB/s)
     cpu_bind: str = "auto"  # auto: GPU ranks bound to their GPU's NUMA-local CPUs | none
     split: str | None = None  # nccl-tests' NCCL_TESTS_SPLIT syntax, e.g. 'MOD 8'

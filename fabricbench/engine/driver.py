@@ -278,7 +278,8 @@ class Driver:
         cfg, b = self.cfg, self.backend
         whole, send, recv = self._buffers(lay, placement)
         root = self._call_root(op)
-        call = Call(self.comm, send, recv, self.redop, root, self.rank, self.n, scratch=self.pool.view("scratch", 1))
+        call = Call(self.comm, send, recv, self.redop, root, self.rank, self.n, scratch=self.pool.view("scratch", 1),
+                    window=cfg.window)
         # Timed iterations move real numbers (no NaN or denormal slow paths): the check pattern, seed 0.
         pattern = Pattern(self.dtype, self.redop if op.reduces else "none", self.n, seed=0)
         data = op.input(pattern, lay, self.rank, self.n, root)
@@ -410,7 +411,7 @@ class Driver:
     # -- rank 0: rows, table, files --------------------------------------------------------------------------
     def _rows_for(self, op: Op, lay: Layout, placement: str, ms: list[Measurement]) -> dict:
         cfg, itemsize = self.cfg, self.dtype.itemsize
-        div = op.time_divisor
+        div = op.time_divisor * op.messages_per_call(cfg.window)
         per_rank_us = np.array([m.total_ns / self._ops_per_measure() / 1e3 / div for m in ms])
         time_us = float(stats.reduce_across_ranks(per_rank_us, cfg.time_reduce))
         factor = op.busbw_factor(self.n)
@@ -545,8 +546,13 @@ class Driver:
             where = "out-of-place only (the op has no in-place form)"
         else:
             where = " and ".join(placements)
+        window = op.messages_per_call(self.cfg.window)
+        osu = ""
+        if window > 1:
+            kind = "non-blocking" if self.backend.nonblocking_window else "blocking (no non-blocking calls)"
+            osu = f", window of {window} {kind} messages per call, time per message"
         return f"{where}, busbw factor {op.busbw_factor(self.n):.4g}" + (
-            ", time = one way (half the round trip)" if op.time_divisor == 2 else "")
+            ", time = one way (half the round trip)" if op.time_divisor == 2 else "") + osu
 
     def _mark_progress(self, op: str, size: int, phase: str) -> None:
         self.phase = f"{op} {format_size(size) if size > 0 else ''} {phase}".replace("  ", " ")

@@ -15,7 +15,7 @@ from fabricbench.analyze.model import GROUP_COLUMNS, Dataset, frame
 from fabricbench.errors import UsageError
 
 PREFIX = re.compile(r"^\s*(?:\[[^\]]*\](?:<std(?:out|err)>)?:?\s*|\d+:\s+)?")
-RANK = re.compile(r"#\s*Rank\s+(\d+)\s+Group\s+(\d+)\s+Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)\s+\[([^\]]*)\]\s*(.*)")
+RANK = re.compile(r"#\s*Rank\s+(\d+)\s+Group\s+(\d+)\s+Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(-?\d+)\s+\[([^\]]*)\]\s*(.*)")
 START = re.compile(r"#\s*Collective test starting:\s*(\S+)")
 MARKER = re.compile(r"^%{3,}\s*(\S+?)\s*%{3,}")
 CMD = re.compile(r"(\w+)_perf\b")
@@ -23,8 +23,10 @@ AVG = re.compile(r"#\s*Avg bus bandwidth\s*:\s*([-+0-9.eE]+|nan|inf)", re.I)
 OOB = re.compile(r"#\s*Out of bounds values\s*:\s*(\d+)\s*(OK|FAILED)", re.I)
 NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+)"
 WRONG = rf"(?:{NUM}|N/A)"
-ROW = re.compile(rf"^(\d+)\s+(\d+)\s+([A-Za-z][\w]*)\s+(?:([A-Za-z]+)\s+)?(-?\d+)\s+({NUM})\s+({NUM})\s+({NUM})\s+({WRONG})"
-                 rf"(?:\s+({NUM})\s+({NUM})\s+({NUM})\s+({WRONG}))?\s*$")
+VAL = rf"(?:{NUM}|N/A)"  # fabricbench prints N/A for a placement the library cannot run
+# Columns after nccl-tests' thirteen (fabricbench's extras, nccl-tests' -S timestamp) are ignored.
+ROW = re.compile(rf"^(\d+)\s+(\d+)\s+([A-Za-z][\w]*)\s+(?:([A-Za-z]+)\s+)?(-?\d+)\s+({VAL})\s+({VAL})\s+({VAL})\s+({WRONG})"
+                 rf"(?:\s+({VAL})\s+({VAL})\s+({VAL})\s+({WRONG}))?(?:\s+\S.*)?\s*$")
 
 
 def _op_name(name: str) -> str:
