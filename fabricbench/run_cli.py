@@ -221,8 +221,8 @@ def register(app: typer.Typer) -> None:
             if nprocs is not None:
                 raise UsageError("--nprocs starts local ranks, but this process is already one rank of a "
                                  "launcher (torchrun, srun or mpirun); drop --nprocs")
-            ranks = discover()
             resolved = resolve_backend(cfg.backend)
+            ranks = discover(rendezvous=resolved != "mpi")
             validate_for_ranks(cfg, resolved, ranks.world_size)
             if ranks.rank == 0:
                 _check_writable_dir(Path(cfg.out_dir), "--out")

@@ -367,6 +367,8 @@ def test_no_progress_detector_watches_completed_calls(tmp_path):
     beat(3, 57, 56, "reduce 4 KiB timed")
     report = _stuck_ranks(tmp_path, 0)
     assert "rank 3 on host3 is in call 57 (reduce 4 KiB timed)" in report
+    beat(3, 57, 57, "reduce 4 KiB warmup")
+    assert "rank 3 on host3 stopped after call 57, before call 58 (reduce 4 KiB warmup)" in _stuck_ranks(tmp_path, 0)
 
 
 def test_healthy_run_longer_than_timeout_is_not_stopped(tmp_path):

@@ -19,8 +19,8 @@ from fabricbench.errors import RunFailed
 
 
 def run_as_rank(cfg: RunConfig) -> int:
-    ranks = discover()
     name = resolve_backend(cfg.backend)
+    ranks = discover(rendezvous=name != "mpi")  # MPI connects its own ranks: no MASTER_ADDR across hosts
     capture = NcclCapture(cfg, ranks.rank, ranks.host) if name == "nccl" else None  # before NCCL starts
     backend = None
     gather_safe = False

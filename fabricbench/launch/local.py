@@ -226,10 +226,16 @@ def _stuck_ranks(progress: Path, nranks: int) -> str:
     if len(behind) == len(state):
         return (f"every rank is in call {low} ({first.phase}); none is behind the others: a library or "
                 f"fabric hang")
-    where = "; ".join(f"rank {r} on {state[r].host} is in call {low} ({state[r].phase})" for r in behind[:8])
+    where = "; ".join(f"rank {r} on {state[r].host} {_position(state[r])}" for r in behind[:8])
     more = f" and {len(behind) - 8} more" if len(behind) > 8 else ""
     return (f"stuck: {where}{more}; the other ranks entered up to {max(b.calls for b in state.values())} "
             "calls and wait for it")
+
+
+def _position(beat) -> str:
+    if beat.calls > beat.done:
+        return f"is in call {beat.calls} ({beat.phase})"
+    return f"stopped after call {beat.calls}, before call {beat.calls + 1} ({beat.phase})"
 
 
 def _stop_all(ranks: list[Rank]) -> None:
