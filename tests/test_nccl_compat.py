@@ -386,3 +386,68 @@ def test_split_heartbeats_are_per_world_rank(tmp_path):
     assert res.returncode == 0, res.stderr
     beats = sorted(p.name for p in (out / ".progress").iterdir())
     assert beats == ["rank0", "rank1", "rank2", "rank3"]
+
+
+# -- MPI across hosts: no MASTER_ADDR, failures named by rank and host ---------------------------------------------
+def test_mpi_ranks_need_no_master_addr_across_hosts():
+    from fabricbench.engine.ranks import discover
+
+    env = {"OMPI_COMM_WORLD_RANK": "9", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}  # mpirun -np 16 --host a,b: 8 ranks per host
+    info = discover(env, rendezvous=False)
+    assert (info.rank, info.world_size, info.local_rank) == (9, 16, 1)
+    with pytest.raises(UsageError, match="MASTER_ADDR"):
+        discover(env)  # torch.distributed's rendezvous does need it
+
+
+_needs_mpi = pytest.mark.skipif(not (__import__("shutil").which("mpirun")
+                                     and __import__("importlib.util").util.find_spec("mpi4py")),
+                                reason="mpirun or mpi4py missing")
+
+
+@_needs_mpi
+def test_mpirun_as_on_two_hosts_without_master_addr(tmp_path):
+    import os
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_COMM_WORLD", "PMIX_", "PMI_", "SLURM_",
+                                                                      "MASTER_")) and k not in ("RANK", "WORLD_SIZE")}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_mpi_yield_when_idle="1",
+               OMP_NUM_THREADS="1")
+    # Each rank is told it is alone on its host (as with --host a,b), so the 2 ranks look like 2 hosts.
+    inner = (f"OMPI_COMM_WORLD_LOCAL_SIZE=1 OMPI_COMM_WORLD_LOCAL_RANK=0 exec {sys.executable} -m fabricbench run "
+             f"--backend mpi all_reduce -b 1K -e 1K -n 2 -w 0 -q --out {tmp_path / 'r'}")
+    proc = subprocess.run(["mpirun", "-np", "2", "--oversubscribe", "--bind-to", "none", "sh", "-c", inner],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    ops = read_results(tmp_path / "r")
+    assert (ops[ops.row_kind == "op"].nwrong == 0).all()
+
+
+def test_open_mpi_banner_becomes_rank_and_host():
+    from fabricbench.launch.local import mpi_failure
+    from fabricbench.launch.progress import Heartbeat
+
+    killed = ("-" * 74 + "\nmpirun noticed that process rank 1 with PID 0 on node gpu07 exited on signal 9 (Killed).\n"
+              + "-" * 74)
+    assert mpi_failure(killed, {}) == "rank 1 on gpu07 was killed by SIGKILL"
+    exited = ("mpirun detected that one or more processes exited with non-zero status, thus causing\nthe job to be "
+              "terminated. The first process to do so was:\n\n  Process name: [[15475,1],3]\n  Exit code:    2\n")
+    beats = {3: Heartbeat(3, 10, 10, "gpu09", "all_reduce 1 MiB timed")}
+    assert mpi_failure(exited, beats) == "rank 3 on gpu09 exited with code 2"
+    assert mpi_failure("no banner here", {}) is None
+
+
+@_needs_mpi
+def test_mpi_rank_failure_names_rank_and_host_not_the_banner(tmp_path):
+    import socket
+
+    res = run_cli("run", "all_reduce", "-P", "2", "--backend", "mpi", "-b", "1K", "-e", "1K", "-n", "5", "-q",
+                  "--out", str(tmp_path / "r"), env={"FABRICBENCH_INJECT": "die@1:after=3",
+                                                     "OMPI_MCA_mpi_yield_when_idle": "1"})
+    assert res.returncode == 1
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "----" not in err
+    assert f"rank 1 on {socket.gethostname()} was killed by SIGKILL" in err

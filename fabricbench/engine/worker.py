@@ -15,13 +15,32 @@ from fabricbench.engine import nccl_log
 from fabricbench.engine.config import RunConfig
 from fabricbench.engine.driver import Driver
 from fabricbench.engine.ranks import discover
-from fabricbench.errors import RunFailed
+from fabricbench.errors import FabricbenchError, RunFailed
 
 
 def run_as_rank(cfg: RunConfig) -> int:
     name = resolve_backend(cfg.backend)
     ranks = discover(rendezvous=name != "mpi")  # MPI connects its own ranks: no MASTER_ADDR across hosts
     capture = NcclCapture(cfg, ranks.rank, ranks.host) if name == "nccl" else None  # before NCCL starts
+    try:
+        return _run(cfg, ranks, name, capture)
+    except FabricbenchError as err:
+        raise _located(err, ranks) from None
+    except Exception as err:  # noqa: BLE001 - a library failure on one rank: say which rank and host
+        if ranks.world_size <= 1:
+            raise
+        raise RunFailed(f"rank {ranks.rank} on {ranks.host}: {type(err).__name__}: {err}") from err
+
+
+def _located(err: FabricbenchError, ranks) -> FabricbenchError:
+    """Under mpirun/srun every rank prints its own error: prefix it with the rank and host it comes from."""
+    text = str(err)
+    if ranks.world_size <= 1 or text.startswith("rank "):
+        return err
+    return type(err)(f"rank {ranks.rank} on {ranks.host}: {text}")
+
+
+def _run(cfg: RunConfig, ranks, name: str, capture) -> int:
     backend = None
     gather_safe = False
     try:

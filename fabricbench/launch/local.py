@@ -11,6 +11,7 @@ is named with its host and the call it is in.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -192,6 +193,7 @@ def _last_error_line(log: Path) -> str | None:
     for line in reversed(lines):
         if line.startswith("fabricbench: error:"):
             return line.removeprefix("fabricbench: error:").strip()
+    lines = [line for line in lines if line.strip() and not line.startswith("---")]
     return lines[-1].strip() if lines else None
 
 
@@ -204,11 +206,47 @@ def _raise_for_failure(culprit: Rank, ranks: list[Rank], cfg: RunConfig, backend
         raise RunFailed(detail)  # rank 0 finished and reported wrong data; run.json already says so
     who = "mpirun" if backend == "mpi" else f"rank {culprit.index} (pid {culprit.proc.pid})"
     message = f"{who} {_describe_exit(code)}"
-    if detail and code > 0:
+    mpi = mpi_failure(_read(culprit.log), read_heartbeats(Path(cfg.out_dir) / ".progress")) if backend == "mpi" else None
+    if mpi:
+        message = mpi  # the rank and host, not Open MPI's banner (kept in the log)
+        if detail and detail.startswith("rank "):
+            message += f": {detail}"
+    elif detail and code > 0 and not detail.startswith("---"):
         message += f": {detail}"
     message += "; the other ranks were stopped"
     finalize_failed_run(cfg.out_dir, message)
     raise RunFailed(f"{message}. Results so far: {cfg.out_dir}; log: {culprit.log}")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+_OMPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)")
+_OMPI_EXIT = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(-?\d+)", re.S)
+
+
+def mpi_failure(log: str, beats: dict) -> str | None:
+    """From Open MPI's banner in mpirun's log: which rank failed, on which host, how (None if not found).
+    The host comes from the banner, or else from that rank's heartbeat."""
+    m = _OMPI_SIGNAL.search(log)
+    if m:
+        rank, host, sig = int(m.group(1)), m.group(2), int(m.group(3))
+        try:
+            how = f"was killed by {signal.Signals(sig).name}"
+        except ValueError:
+            how = f"was killed by signal {sig}"
+        return f"rank {rank} on {host} {how}"
+    m = _OMPI_EXIT.search(log)
+    if m:
+        rank, code = int(m.group(1)), int(m.group(2))
+        beat = beats.get(rank)
+        where = f" on {beat.host}" if beat else ""
+        return f"rank {rank}{where} exited with code {code}"
+    return None
 
 
 def _stuck_ranks(progress: Path, nranks: int) -> str:
