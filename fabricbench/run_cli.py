@@ -127,7 +127,7 @@ def validate_for_ranks(cfg, backend: str, nranks: int) -> None:
         group_size = sizes.pop()
     if cfg.root >= group_size:
         raise UsageError(f"--root {cfg.root} is not a rank of a {group_size}-rank group (0..{group_size - 1})")
-    if cfg.cuda_graph and backend != "nccl":
+    if cfg.cuda_graph and backend not in ("nccl", "nccl-direct"):
         raise UsageError(f"--cuda-graph needs the nccl backend on GPUs; this run uses {backend}")
     dtype = get_dtype(cfg.dtype)
     for op in resolve_ops(cfg.ops, group_size):
@@ -159,7 +159,8 @@ def register(app: typer.Typer) -> None:
         nprocs: int = typer.Option(None, "--nprocs", "-P", help="Local ranks to start (default: one per GPU, "
                                    "or 2 on CPU). Not used under torchrun, srun or mpirun. (-N is nccl-tests' "
                                    "run cycles.)", show_default=False),
-        backend: str = typer.Option("auto", "--backend", help="auto (NCCL on GPUs, gloo on CPU) | nccl | gloo | mpi"),
+        backend: str = typer.Option("auto", "--backend", help="auto (NCCL on GPUs, gloo on CPU) | nccl | gloo | mpi | nccl-direct (NCCL through CuPy, out of place "
+                               "and in place as nccl-tests)"),
         minbytes: str = typer.Option("32M", "-b", "--minbytes", help="Smallest size (K/M/G = 1024-based)."),
         maxbytes: str = typer.Option("32M", "-e", "--maxbytes", help="Largest size."),
         stepfactor: int = typer.Option(None, "-f", "--stepfactor", help="Multiply the size by this each step.",

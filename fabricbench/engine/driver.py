@@ -469,7 +469,7 @@ class Driver:
 
     def _algo_note(self) -> str:
         """Why the algo/proto/transport columns are empty (filled only from NCCL's own report)."""
-        if self.backend.name != "nccl":
+        if self.backend.name not in ("nccl", "nccl-direct"):
             return (f"{self.backend.name} on {self.backend.device} is not NCCL: no algorithm/protocol report "
                     "exists (the library does not tell)")
         return ("NCCL's per-call TUNING log is off (it would slow small sizes); the run's transports and "

@@ -21,7 +21,8 @@ from fabricbench.errors import FabricbenchError, RunFailed
 def run_as_rank(cfg: RunConfig) -> int:
     name = resolve_backend(cfg.backend)
     ranks = discover(rendezvous=name != "mpi")  # MPI connects its own ranks: no MASTER_ADDR across hosts
-    capture = NcclCapture(cfg, ranks.rank, ranks.host) if name == "nccl" else None  # before NCCL starts
+    capture = NcclCapture(cfg, ranks.rank, ranks.host) if name in ("nccl", "nccl-direct") else None  # before NCCL
+    # starts
     try:
         return _run(cfg, ranks, name, capture)
     except FabricbenchError as err:
