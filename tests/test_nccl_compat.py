@@ -451,3 +451,38 @@ def test_mpi_rank_failure_names_rank_and_host_not_the_banner(tmp_path):
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1 and "----" not in err
     assert f"rank 1 on {socket.gethostname()} was killed by SIGKILL" in err
+
+
+# -- per row: algorithm, protocol, transport from NCCL's own report ----------------------------------------------
+def test_rows_get_nccls_transport_and_with_tuning_its_algorithm(tmp_path):
+    from fabricbench.engine import nccl_log
+    from fabricbench.engine.algo_report import NO_TUNING, P2P_NOTE, fill
+    from fabricbench.engine.worker import fill_algorithms
+
+    log = ("host:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/IPC\n"
+           "host:1:1 [0] NCCL INFO AllReduce: 4194304 Bytes -> Algo RING proto SIMPLE channel{Lo..Hi}={0..3}\n"
+           "host:1:1 [0] NCCL INFO AllReduce: 1024 Bytes -> Algo TREE proto LL channel{Lo..Hi}={0..0}\n")
+    summary = nccl_log.summarize(log, rank=0, host="host")
+    rows = [{"backend": "nccl", "op": "all_reduce", "size_bytes": 4194304, "count": 1048576, "nranks": 2},
+            {"backend": "nccl", "op": "all_reduce", "size_bytes": 1024, "count": 256, "nranks": 2},
+            {"backend": "nccl", "op": "sendrecv", "size_bytes": 1024, "count": 256, "nranks": 2},
+            {"backend": "gloo", "op": "all_reduce", "size_bytes": 1024, "count": 256, "nranks": 2}]
+    assert fill(rows, summary) == 2
+    assert (rows[0]["algo"], rows[0]["proto"]) == ("Ring", "Simple")
+    assert (rows[1]["algo"], rows[1]["proto"]) == ("Tree", "LL")
+    assert rows[0]["transport"] and "P2P" in rows[0]["transport"]
+    assert rows[2]["algo_note"] == P2P_NOTE and "algo" not in rows[3]
+    no_tuning = [{"backend": "nccl", "op": "all_gather", "size_bytes": 1024, "count": 128, "nranks": 2}]
+    fill(no_tuning, nccl_log.summarize(log.splitlines()[0], rank=0))
+    assert no_tuning[0]["algo_note"] == NO_TUNING and no_tuning[0].get("algo") is None
+    # on a results directory: the parquet rows get the columns
+    b = FakeBackend()
+    Driver(_cfg(tmp_path, in_place=True), b, ranks()).run()
+    frame = read_results(tmp_path)
+    assert "not NCCL" in frame.algo_note.iloc[0]  # CPU/other libraries: the reason is stated
+    frame["backend"] = "nccl"
+    from fabricbench.results.io import write_results
+
+    write_results(tmp_path, frame.to_dict("records"))
+    fill_algorithms(tmp_path, summary)
+    assert set(read_results(tmp_path).transport) == {summary["transport"]}

@@ -64,6 +64,18 @@ def _run(cfg: RunConfig, ranks, name: str, capture) -> int:
                 backend.close()
 
 
+def fill_algorithms(out_dir, summary) -> int:
+    """Rank 0: the results' rows get NCCL's transport (and, with TUNING on, algorithm/protocol per size)."""
+    from fabricbench.engine.algo_report import fill
+    from fabricbench.results.io import read_results, write_results
+
+    frame = read_results(out_dir)
+    rows = frame.to_dict("records")
+    filled = fill(rows, summary)
+    write_results(out_dir, rows)
+    return filled
+
+
 class NcclCapture:
     """NCCL's own account of the run: prepared before the backend opens, read and merged after the run."""
 
@@ -81,6 +93,14 @@ class NcclCapture:
             self._finish(backend)
         except Exception as err:  # noqa: BLE001 - a report about NCCL must not turn a result into a failure
             print(f"fabricbench: warning: could not summarize NCCL's log: {err}", file=sys.stderr)
+
+    def _fill_rows(self, summary) -> None:
+        if summary is None or not self.cfg.out_dir:
+            return
+        try:
+            fill_algorithms(self.cfg.out_dir, summary)
+        except Exception as err:  # noqa: BLE001 - the measurements are already safe on disk
+            print(f"fabricbench: warning: could not add NCCL's algorithms to the results: {err}", file=sys.stderr)
 
     def _finish(self, backend) -> None:
         summary = nccl_log.parse_rank_log(self.path, self.rank, self.host)
@@ -110,6 +130,7 @@ class NcclCapture:
                                               set_by_fabricbench=self.set_by_us)
         if record is None:
             return
+        self._fill_rows(per_rank[0])
         if not self.cfg.quiet:
             print(f"# {nccl_log.note_line(record)}", flush=True)
         if record.get("socket_fallback"):
