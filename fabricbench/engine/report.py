@@ -16,9 +16,22 @@ import sys
 from collections.abc import Mapping
 
 
+def _val(value):
+    """None for missing values (None, NaN, pandas' NA: rows read back from results.parquet)."""
+    if value is None:
+        return None
+    try:
+        if value != value:  # NaN
+            return None
+    except TypeError:  # pandas.NA refuses comparison
+        return None
+    return value
+
+
 def float_field(value: float | None, width: int) -> str:
     """nccl-tests' getFloatStr: 2 decimals, then fewer, then an exponent, whatever fits `width`."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    value = _val(value)
+    if value is None:
         return f"{'N/A':>{width}}"
     for fmt in (f"{{:{width}.2f}}", f"{{:{width}.1f}}", f"{{:{width}.0f}}"):
         text = fmt.format(value)
@@ -41,18 +54,20 @@ def body(row: Mapping | None, checked: bool) -> str:
     if row is None:
         return f"  {'N/A':>7}  {'N/A':>6}  {'N/A':>6}  {'N/A':>6}"
     t, alg, bus = (float_field(row[k], w) for k, w in (("time_us", 7), ("algbw_gbps", 6), ("busbw_gbps", 6)))
-    wrong = f"{_g(float(row['nwrong'])):>6}" if checked and row.get("nwrong") is not None else f"{'N/A':>6}"
+    nwrong = _val(row.get("nwrong"))
+    wrong = f"{_g(float(nwrong)):>6}" if checked and nwrong is not None else f"{'N/A':>6}"
     return f"  {t}  {alg}  {bus}  {wrong}"
 
 
 def nccl_row_root(row: Mapping) -> int:
-    return int(row["root"]) if row.get("root") is not None else -1
+    root = _val(row.get("root"))
+    return int(root) if root is not None else -1
 
 
 def average_busbw(rows: list[Mapping]) -> float:
     """nccl-tests' `Avg bus bandwidth`: the mean of busbw over every measurement of the table, out-of-place
     and in-place alike (args->bw / bw_count in src/common.cu)."""
-    values = [float(r["busbw_gbps"]) for r in rows if r.get("busbw_gbps") is not None]
+    values = [float(_val(r.get("busbw_gbps"))) for r in rows if _val(r.get("busbw_gbps")) is not None]
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -122,7 +137,7 @@ class TablePrinter:
             line += (f"  {float_field(main.get('p50_us'), 7)}  {float_field(main.get('p99_us'), 7)}"
                      f"  {float_field(main.get('cv_pct'), 6)}")
         if self.groups:
-            line += f"  {int(first.get('group') or 0):5d}"
+            line += f"  {int(_val(first.get('group')) or 0):5d}"
         line += f"  {algo_cell(first)}"
         self._p(line)
 
@@ -137,7 +152,7 @@ class TablePrinter:
         self._p(f"# {text}")
 
     def op_footer(self, rows: list[Mapping], op: str | None = None, min_bw: float | None = None) -> None:
-        wrong = sum(int(r["nwrong"] or 0) for r in rows)
+        wrong = sum(int(_val(r.get("nwrong")) or 0) for r in rows)
         avg = average_busbw(rows)
         self._p(f"# {'Out of bounds values':<20} : {wrong} {'FAILED' if wrong else 'OK'}")
         self._p(f"# {'Avg bus bandwidth':<20} : {_g(avg)} {min_bw_verdict(avg, min_bw)}")
@@ -149,7 +164,7 @@ class TablePrinter:
 
 def algo_cell(row: Mapping) -> str:
     """What NCCL used for this size, or '-' with the reason kept in the results (column `algo_note`)."""
-    parts = [str(row.get(k) or "") for k in ("algo", "proto", "transport")]
+    parts = [str(_val(row.get(k)) or "") for k in ("algo", "proto", "transport")]
     if any(parts):
         return "/".join(p or "?" for p in parts)
     return "-"
