@@ -219,7 +219,11 @@ class Driver:
     def _dtypes(self) -> list[DType]:
         if not self.cfg.all_dtypes:
             return [get_dtype(self.cfg.dtype)]
-        return [get_dtype(name) for name in DTYPES]
+        keep = [DTYPES[name] for name in DTYPES if not self.backend.unsupported(DTYPES[name], None)]
+        skipped = [name for name in DTYPES if DTYPES[name] not in keep]
+        if skipped and self.is_root and not self.cfg.quiet:
+            self.printer.note(f"-d all: {', '.join(skipped)} skipped ({self.backend.name} cannot move them)")
+        return keep
 
     def _use_dtype(self, dtype: DType) -> None:
         if dtype != self.dtype:
