@@ -486,3 +486,41 @@ def test_rows_get_nccls_transport_and_with_tuning_its_algorithm(tmp_path):
     write_results(tmp_path, frame.to_dict("records"))
     fill_algorithms(tmp_path, summary)
     assert set(read_results(tmp_path).transport) == {summary["transport"]}
+
+
+# -- P2P as OSU ---------------------------------------------------------------------------------------------------
+def test_p2p_follow_osu_windows_with_one_ack_per_window():
+    from fabricbench.ops import get_op
+    from fabricbench.ops.base import Call
+
+    class Rec:
+        def __init__(self):
+            self.log = []
+
+        def __getattr__(self, name):
+            return lambda *a: self.log.append((name, *[x for x in a if isinstance(x, int)]))
+
+    uni, bi = get_op("p2p_uni"), get_op("p2p_bi")
+    sender, receiver = Rec(), Rec()
+    for rank, b in ((0, sender), (1, receiver)):
+        call = Call(b, "send", "recv", "sum", 0, rank, 2, scratch="ack", window=64)
+        uni.run(call)
+        uni.finish(call)  # per-iter timing calls it every iteration: it must add no round trip
+    assert sender.log == [("send_window", 1, 64), ("recv", 1)]  # osu_bw: a window, then one ack
+    assert receiver.log == [("recv_window", 0, 64), ("send", 0)]
+    assert uni.messages_per_call(64) == 64 and bi.messages_per_call(64) == 64
+    peer = Rec()
+    bi.run(Call(peer, "send", "recv", "sum", 0, 1, 2, window=8))
+    assert peer.log == [("exchange_window", 0, 8)]  # osu_bibw: windows both ways, no ack
+    assert bi.layout(1024, 4, 2, 0).algbw_bytes == 2048  # both directions counted
+
+
+def test_p2p_uni_window_is_reported_per_message(tmp_path):
+    res = run_cli("run", "p2p_uni", "pingpong", "-P", "2", "--backend", "gloo", "-b", "4K", "-e", "4K", "-n", "3",
+                  "-w", "1", "--window", "16", "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    assert "window of 16 non-blocking messages per call, time per message" in res.stdout
+    ops = read_results(tmp_path / "r")
+    ops = ops[ops.row_kind == "op"].set_index("op")
+    row = ops.loc["p2p_uni"]
+    assert row.algbw_gbps == pytest.approx(4096 / (row.time_us * 1e3))
