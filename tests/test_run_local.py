@@ -156,8 +156,9 @@ def test_hung_rank_is_named_at_the_timeout(tmp_path):
                   "-w", "1", "--timeout", "15", "--out", str(out), env={"FABRICBENCH_INJECT": "hang@1:after=10"})
     elapsed = time.monotonic() - start
     assert res.returncode == 1
-    # --timeout counts from the last completed call, so: start-up, the calls before the hang, 15 s, the stop
-    assert elapsed < 15 + 30
+    # --timeout counts from the last completed call, so: start-up (slow on a loaded machine), the calls before
+    # the hang, 15 s, the stop grace
+    assert 15 <= elapsed < 15 + 60
     assert "no rank returned from an operation call for 15 s" in res.stderr
     assert f"rank 1 on {socket.gethostname()} stopped after call 10, before call 11 (all_reduce 1 KiB" in res.stderr
     assert _alive_with(str(out)) == []
