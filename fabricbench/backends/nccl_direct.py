@@ -39,7 +39,7 @@ _BY_HOST = {"int8": 0, "uint8": 1, "int32": 2, "uint32": 3, "int64": 4, "uint64"
             "float64": 8, "uint16": 9}
 
 INSTALL_HINT = ("--backend nccl-direct needs CuPy with NCCL on a CUDA machine: pip install cupy-cuda12x "
-                "nvidia-nccl-cu12 (or use --backend nccl, through torch)")
+                "nvidia-nccl-cu12 (fabricbench's 'gpu' extra), or use --backend nccl (through torch)")
 
 
 def available() -> str | None:
