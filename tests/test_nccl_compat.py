@@ -354,14 +354,24 @@ def test_no_progress_detector_watches_completed_calls(tmp_path):
     def beat(rank, calls, done, phase="all_reduce 1 MiB timed"):
         (tmp_path / f"rank{rank}").write_text(f"{calls}\t{done}\thost{rank}\t{phase}\n")
 
+    starting = NoProgress(5.0, tmp_path / "none", clock=lambda: now[0], nranks=2)
+    now[0] = 60.0
+    assert not starting.stalled()  # ranks still starting (no heartbeat yet): at least STARTUP_S
+    now[0] = NoProgress.STARTUP_S + 1
+    assert starting.stalled()
+    now[0] = 0.0
+
     for t in range(0, 60, 1):  # a long healthy run: calls keep completing
         now[0] = float(t)
-        beat(0, t, t)
+        beat(0, t + 1, t)
         assert not w.stalled()
     now[0] = 64.0
     assert not w.stalled()
     now[0] = 66.0
-    assert w.stalled()  # nothing completed for more than 5 s
+    assert w.stalled()  # inside call 60 and nothing completed for more than 5 s
+    beat(0, 59, 59, "all_reduce 1 MiB check")
+    now[0] = 90.0
+    assert not w.stalled()  # between calls (host work: results, checks, teardown) is not a hang
     # the rank that is behind is named with its host and the call it is in (heartbeats by world rank)
     beat(0, 100, 99)
     beat(3, 57, 56, "reduce 4 KiB timed")

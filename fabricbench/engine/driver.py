@@ -657,8 +657,11 @@ class Heartbeat:
         try:
             # Named by WORLD rank: with --split, group ranks repeat across groups. Fields: calls entered,
             # calls returned, host, what the rank is in.
-            Path(self.directory, f"rank{d.world_rank}").write_text(
-                f"{d.calls}\t{d.done_calls}\t{d.ranks.host}\t{d.phase}\n")
+            # Written beside and renamed over, so the launcher never reads a half-written file.
+            final = Path(self.directory, f"rank{d.world_rank}")
+            tmp = final.with_name(f".{final.name}.tmp")
+            tmp.write_text(f"{d.calls}\t{d.done_calls}\t{d.ranks.host}\t{d.phase}\n")
+            os.replace(tmp, final)
         except OSError:
             pass
 

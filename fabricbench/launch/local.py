@@ -115,7 +115,7 @@ def launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
 def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str, shown: RunProgress) -> int:
     """Wait for the ranks. --timeout is a no-progress detector (nccl-tests -T): the run is stopped only when
     no rank has returned from an operation call for that long, never because a healthy sweep runs long."""
-    watch = NoProgress(cfg.timeout_s, progress)
+    watch = NoProgress(cfg.timeout_s, progress, nranks=len(ranks) if backend != "mpi" else 1)
     while True:
         now = time.monotonic()
         shown.tick()
@@ -144,14 +144,23 @@ def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str, show
 
 class NoProgress:
     """Progress = the sum over ranks of operation calls returned (from their heartbeat files, rewritten every
-    0.5 s). `stalled` is true once that sum has not moved for `limit_s` seconds (0: never)."""
+    0.5 s). `stalled` is true once that sum has not moved for `limit_s` seconds (0: never) while some rank is
+    waiting inside an operation call (or has not entered the one its peers wait in) -- nccl-tests' -T, which
+    times the wait for an operation to complete. Host work between calls (writing results, checking data,
+    tearing down) is not a hang. Before every rank has started its heartbeat (importing the libraries,
+    opening the communicator), the limit is at least STARTUP_S, so a short -T does not stop ranks that are
+    still starting on a busy machine."""
 
     CHECK_EVERY_S = 0.25
+    STARTUP_S = 120.0
 
-    def __init__(self, limit_s: float, progress: Path, clock=time.monotonic):
-        self.limit_s, self.progress, self.clock = limit_s, progress, clock
+    def __init__(self, limit_s: float, progress: Path, clock=time.monotonic, nranks: int = 1):
+        self.limit_s, self.progress, self.clock, self.nranks = limit_s, progress, clock, nranks
+        self.started = False
+        self.in_call = False
+        self.beats: dict = {}
         self.last_change = clock()
-        self.last_total: tuple[int, int] | None = None
+        self.last_total: tuple[int, int] = (0, 0)  # nothing reported yet
         self._next_check = 0.0
 
     def stalled(self, now: float | None = None) -> bool:
@@ -160,11 +169,16 @@ class NoProgress:
         now = self.clock() if now is None else now
         if now >= self._next_check:
             self._next_check = now + self.CHECK_EVERY_S
-            beats = read_heartbeats(self.progress)
+            self.beats.update(read_heartbeats(self.progress))  # a rank read badly keeps its last beat
+            beats = self.beats
+            self.started = len(beats) >= max(1, self.nranks)
+            self.in_call = any(b.calls > b.done for b in beats.values())
             total = (len(beats), sum(b.done for b in beats.values()))
             if total != self.last_total:
                 self.last_total, self.last_change = total, now
-        return now - self.last_change > self.limit_s
+        if not self.started:
+            return now - self.last_change > max(self.limit_s, self.STARTUP_S)
+        return self.in_call and now - self.last_change > self.limit_s
 
 
 def _first_failure(failed: list[Rank]) -> Rank:
