@@ -34,7 +34,8 @@ def _check_writable_dir(path: Path, option: str) -> None:
 
 def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype, redop, root,
                  check, timing, time_reduce, in_place, out, json_path, timeout, quiet, split=None,
-                 cuda_graph=False, cpu_bind="auto"):
+                 cuda_graph=False, cpu_bind="auto", graph_launches=0, agg_iters=1, blocking=0, cycles=1,
+                 env=None, window=64):
     from fabricbench.backends import check_backend_name
     from fabricbench.engine.config import RunConfig
     from fabricbench.engine.dtypes import get_dtype, get_redop
@@ -46,18 +47,41 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
         if name.lower() not in ("all", "p2p"):
             get_op(name)
     check_backend_name(backend)
+    env = os.environ if env is None else env
     min_b, max_b = parse_size(minbytes, "-b/--minbytes"), parse_size(maxbytes, "-e/--maxbytes")
     step_b = parse_size(stepbytes, "-i/--stepbytes") if stepbytes is not None else None
+    if stepfactor is None and step_b is None:
+        step_b = 1 << 20  # nccl-tests' default without -f or -i: add 1 MiB per step (stepBytes = 1M)
     size_sweep(min_b, max_b, stepfactor, step_b)
     from fabricbench import limits
 
-    for value, option in ((iters, "-n/--iters"), (timeout, "--timeout")):
+    limits.number(timeout, "-T/--timeout", lo=0, hi=30 * 86400)  # nan and inf too; 0 = never
+    for value, option in ((iters, "-n/--iters"), (agg_iters, "-m/--agg-iters"), (window, "--window")):
         if value <= 0:
             raise UsageError(f"{option} must be positive, got {value}")
-    limits.positive(timeout, "--timeout", hi=30 * 86400)  # nan and inf too
-    for value, option in ((warmup, "-w/--warmup"), (check, "-c/--check"), (root, "-r/--root")):
+    for value, option in ((warmup, "-w/--warmup"), (check, "-c/--check"), (timeout, "-T/--timeout"),
+                          (graph_launches, "-G/--cudagraph"), (cycles, "-N/--run-cycles")):
         if value < 0:
             raise UsageError(f"{option} must be 0 or more, got {value}")
+    if root < -1:
+        raise UsageError(f"-r/--root {root}: give a rank, or -1 for every root (as nccl-tests)")
+    if blocking not in (0, 1, 2, 3):
+        raise UsageError(f"-z/--blocking {blocking}: choose 0 (off), 1 (wait and barrier after each op), "
+                         "2 (wait after each op) or 3 (wait and untimed barrier after each iteration)")
+    if cuda_graph and not graph_launches:
+        graph_launches = 1
+    cuda_graph = graph_launches > 0
+    min_bw = None
+    if env.get("NCCL_TESTS_MIN_BW"):
+        try:
+            min_bw = float(env["NCCL_TESTS_MIN_BW"])
+        except ValueError:
+            raise UsageError(f"NCCL_TESTS_MIN_BW='{env['NCCL_TESTS_MIN_BW']}' is not a number; give the "
+                             "minimum average bus bandwidth in GB/s, e.g. NCCL_TESTS_MIN_BW=180") from None
+    all_dtypes = dtype.lower() == "all"
+    all_redops = redop.lower() == "all"
+    dtype = "float" if all_dtypes else dtype
+    redop = "sum" if all_redops else redop
     if cpu_bind not in ("auto", "none"):
         raise UsageError(f"--cpu-bind '{cpu_bind}': choose auto (GPU ranks on their GPU's NUMA-local CPUs) or none")
     if cuda_graph and timing != "aggregate":
@@ -70,7 +94,7 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
         raise UsageError(f"--time-reduce '{time_reduce}': choose one of {', '.join(TIME_REDUCE)}")
     from fabricbench.engine.split import parse_split, split_from_env
 
-    split = split or split_from_env(os.environ)
+    split = split or split_from_env(env)
     if split:
         parse_split(split)
     run_id = new_run_id()
@@ -79,7 +103,10 @@ def build_config(ops, backend, minbytes, maxbytes, stepfactor, stepbytes, iters,
         ops=list(ops) or ["all"], backend=backend.lower(), min_bytes=min_b, max_bytes=max_b,
         step_factor=stepfactor, step_bytes=step_b, iters=iters, warmup=warmup, dtype=get_dtype(dtype).name,
         redop=get_redop(redop), root=root, check_iters=check, timing=timing, time_reduce=time_reduce,
-        in_place=in_place, split=split, cuda_graph=cuda_graph, cpu_bind=cpu_bind, out_dir=str(out_dir), json_path=json_path, timeout_s=float(timeout), run_id=run_id,
+        in_place=in_place, split=split, cuda_graph=cuda_graph, cpu_bind=cpu_bind, out_dir=str(out_dir),
+        json_path=json_path, timeout_s=float(timeout), run_id=run_id, graph_launches=graph_launches,
+        agg_iters=agg_iters, blocking=blocking, cycles=cycles, all_dtypes=all_dtypes, all_redops=all_redops,
+        min_bw=min_bw, window=window,
         command_line=["fabricbench", *sys.argv[1:]], quiet=quiet,
     )
 
@@ -106,13 +133,15 @@ def validate_for_ranks(cfg, backend: str, nranks: int) -> None:
         group_size = sizes.pop()
     if cfg.root >= group_size:
         raise UsageError(f"--root {cfg.root} is not a rank of a {group_size}-rank group (0..{group_size - 1})")
-    if cfg.cuda_graph and backend != "nccl":
+    if cfg.cuda_graph and backend not in ("nccl", "nccl-direct"):
         raise UsageError(f"--cuda-graph needs the nccl backend on GPUs; this run uses {backend}")
     dtype = get_dtype(cfg.dtype)
     for op in resolve_ops(cfg.ops, group_size):
         why = op.check_nranks(group_size)
         if why:
             raise UsageError(f"{why}; use --nprocs {op.exact_ranks or op.min_ranks}")
+        if cfg.all_dtypes or cfg.all_redops:
+            continue  # -d all / -o all: what the backend lacks is skipped with a note
         why = unsupported(backend, dtype, cfg.redop if op.reduces else None)
         if why:
             raise UsageError(why)
@@ -133,28 +162,44 @@ def register(app: typer.Typer) -> None:
     def run(
         ops: list[str] = typer.Argument(None, help="Operations (default: all collectives; 'p2p' for the 2-rank "
                                         "tests). See 'fabricbench ops'.", show_default=False),
-        nprocs: int = typer.Option(None, "--nprocs", "-N", help="Local ranks to start (default: one per GPU, "
-                                   "or 2 on CPU). Not used under torchrun, srun or mpirun.", show_default=False),
-        backend: str = typer.Option("auto", "--backend", help="auto (NCCL on GPUs, gloo on CPU) | nccl | gloo | mpi"),
+        nprocs: int = typer.Option(None, "--nprocs", "-P", help="Local ranks to start (default: one per GPU, "
+                                   "or 2 on CPU). Not used under torchrun, srun or mpirun. (-N is nccl-tests' "
+                                   "run cycles.)", show_default=False),
+        backend: str = typer.Option("auto", "--backend", help="auto (NCCL on GPUs, gloo on CPU) | nccl | gloo | mpi | nccl-direct (NCCL through CuPy, out of place "
+                               "and in place as nccl-tests)"),
         minbytes: str = typer.Option("32M", "-b", "--minbytes", help="Smallest size (K/M/G = 1024-based)."),
         maxbytes: str = typer.Option("32M", "-e", "--maxbytes", help="Largest size."),
-        stepfactor: int = typer.Option(None, "-f", "--stepfactor", help="Multiply the size by this each step "
-                                       "[default: 2].", show_default=False),
-        stepbytes: str = typer.Option(None, "-i", "--stepbytes", help="Add this many bytes each step instead."),
+        stepfactor: int = typer.Option(None, "-f", "--stepfactor", help="Multiply the size by this each step.",
+                                       show_default=False),
+        stepbytes: str = typer.Option(None, "-i", "--stepbytes", help="Add this many bytes each step [default "
+                                      "without -f: 1M, as nccl-tests].", show_default=False),
         iters: int = typer.Option(20, "-n", "--iters", help="Timed iterations per size."),
-        warmup: int = typer.Option(5, "-w", "--warmup", help="Warm-up iterations per size (not timed)."),
+        agg_iters: int = typer.Option(1, "-m", "--agg-iters", help="Operations per timed iteration, issued back "
+                                      "to back (nccl-tests -m); time is per operation."),
+        warmup: int = typer.Option(5, "-w", "--warmup", help="Warm-up iterations per size (not timed); one more "
+                                   "untimed call and a barrier always precede timing, even with -w 0."),
+        window: int = typer.Option(64, "--window", help="p2p_uni/p2p_bi: messages in flight per call, as OSU "
+                                   "osu_bw/osu_bibw's window size; time is per message."),
+        cycles: int = typer.Option(1, "-N", "--run-cycles", help="Passes over the sizes, each printed "
+                                   "(nccl-tests -N; 0: until interrupted)."),
+        blocking: int = typer.Option(0, "-z", "--blocking", help="nccl-tests -z: 1 wait and barrier after each "
+                                     "op, 2 wait after each op, 3 wait and untimed barrier after each iteration."),
         dtype: str = typer.Option("float", "-d", "--dtype", help="Element type (nccl-tests names: float, half, "
-                                  "bfloat16, double, int8, uint8, int32, uint32, int64, uint64)."),
-        redop: str = typer.Option("sum", "-o", "--redop", help="Reduction: sum | prod | max | min | avg."),
-        root: int = typer.Option(0, "-r", "--root", help="Root rank of broadcast and reduce."),
+                                  "bfloat16, double, int8, uint8, int32, uint32, int64, uint64), or all."),
+        redop: str = typer.Option("sum", "-o", "--redop", help="Reduction: sum | prod | max | min | avg | all."),
+        root: int = typer.Option(0, "-r", "--root", help="Root rank of broadcast and reduce; -1: every rank in "
+                                 "turn (nccl-tests)."),
         check: int = typer.Option(1, "-c", "--check", help="Check iterations per size: distinct data per rank, "
                                   "results compared bit-exact; any wrong value fails the run (0: no check)."),
         timing: str = typer.Option("aggregate", "--timing", help=TIMING_HELP),
         time_reduce: str = typer.Option("avg", "--time-reduce", "-a", help="How a size's time is reduced across "
                                         "ranks: avg (nccl-tests default) | max | min | rank0; or 0-3 as -a."),
         in_place: bool = typer.Option(False, "--in-place", help="Run in place (output buffer = input buffer)."),
-        cuda_graph: bool = typer.Option(False, "--cuda-graph", "-G", help="NCCL on GPUs: capture the timed "
-                                        "loop as a CUDA graph and replay it (nccl-tests -G): no launch overhead."),
+        cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Same as -G 1."),
+        graph_launches: int = typer.Option(0, "-G", "--cudagraph", help="NCCL on GPUs: capture the timed loop "
+                                           "as a CUDA graph once and launch it N times (nccl-tests -G N)."),
+        per_iter: int = typer.Option(None, "-I", "--per-iter-timing", help="1: same as --timing per-iter "
+                                     "(nccl-tests -I).", show_default=False),
         cpu_bind: str = typer.Option("auto", "--cpu-bind", help="auto: bind each GPU rank to the CPUs local to its "
                                      "GPU (NUMA) | none"),
         split: str = typer.Option(None, "--split", help="Split the ranks into groups that run at the same time, "
@@ -162,8 +207,10 @@ def register(app: typer.Typer) -> None:
                                   "tests). Default: $NCCL_TESTS_SPLIT.", show_default=False),
         out: str = typer.Option(None, "--out", help="Results directory [default: results/<run-id>].",
                                 show_default=False),
-        json_path: str = typer.Option(None, "--json", help="Also write nccl-tests' JSON layout (-J) here."),
-        timeout: float = typer.Option(600, "--timeout", help="Stop every rank and fail after this many seconds."),
+        json_path: str = typer.Option(None, "--json", "-J", help="Also write nccl-tests' JSON layout here (one "
+                                      "file per op when several: FILE's stem + '-<op>')."),
+        timeout: float = typer.Option(600, "--timeout", "-T", help="Stop every rank and fail when no rank has "
+                                      "returned from an operation call for this many seconds (0: never)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no table (files are still written)."),
         allow_many_ranks: bool = typer.Option(False, "--allow-many-ranks", help="Start --nprocs ranks even above "
                                               "this machine's limit (4 per core, 256 MiB of memory each)."),
@@ -178,17 +225,19 @@ def register(app: typer.Typer) -> None:
         from fabricbench.backends import resolve_backend
         from fabricbench.engine.ranks import discover, in_external_launcher, in_slurm_allocation_outside_step
 
+        if per_iter is not None:
+            timing = "per-iter" if per_iter else timing
         cfg = build_config(ops or [], backend, minbytes, maxbytes, stepfactor, stepbytes, iters, warmup, dtype,
                            redop, root, check, timing, time_reduce, in_place, out, json_path, timeout, quiet,
-                           split, cuda_graph, cpu_bind)
+                           split, cuda_graph, cpu_bind, graph_launches, agg_iters, blocking, cycles, window=window)
         if json_path:
             _check_writable_dir(Path(json_path).resolve().parent, "--json")
         if in_external_launcher():
             if nprocs is not None:
                 raise UsageError("--nprocs starts local ranks, but this process is already one rank of a "
                                  "launcher (torchrun, srun or mpirun); drop --nprocs")
-            ranks = discover()
             resolved = resolve_backend(cfg.backend)
+            ranks = discover(rendezvous=resolved != "mpi")
             validate_for_ranks(cfg, resolved, ranks.world_size)
             if ranks.rank == 0:
                 _check_writable_dir(Path(cfg.out_dir), "--out")

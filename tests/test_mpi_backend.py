@@ -35,7 +35,7 @@ _MISSING = [why for missing, why in (
 ) if missing]
 needs_mpi = pytest.mark.skipif(bool(_MISSING), reason="; ".join(_MISSING) or "mpi present")
 
-SMALL = ["-b", "1K", "-e", "64K", "-n", "3", "-w", "1"]
+SMALL = ["-b", "1K", "-e", "64K", "-f", "2", "-n", "3", "-w", "1"]
 # Ranks that wait spin by default; on a small, busy test machine they then steal each other's cores, and a
 # run takes several times longer. These tests check data, not speed.
 YIELD = {"OMPI_MCA_mpi_yield_when_idle": "1"}
@@ -82,7 +82,7 @@ def _assert_clean(proc, out: Path, ops: set[str], nranks: int):
 def test_local_launcher_two_ranks_all_ops_including_p2p(tmp_path):
     proc = _fb("run", "--backend", "mpi", "--nprocs", "2", *SMALL, "--out", str(tmp_path))
     rows = _assert_clean(proc, tmp_path, COLLECTIVES | P2P, 2)
-    assert len(rows[rows["op"] == "all_reduce"]) == 7  # 1K..64K
+    assert len(rows[rows["op"] == "all_reduce"]) == 7 * 2  # 1K..64K, out-of-place and in-place
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "ok" and record["device"] == "cpu" and record["placement_note"] == ""
     assert record["versions"]["mpi"].startswith("Open MPI") and "\x00" not in record["versions"]["mpi"]
@@ -93,7 +93,7 @@ def test_local_launcher_two_ranks_all_ops_including_p2p(tmp_path):
 def test_local_launcher_four_ranks(tmp_path):
     proc = _fb("run", "--backend", "mpi", "--nprocs", "4", *SMALL, "--out", str(tmp_path), "-q")
     rows = _assert_clean(proc, tmp_path, COLLECTIVES, 4)
-    assert set(rows.loc[rows["op"] == "all_reduce", "placement"]) == {"out-of-place"}
+    assert set(rows.loc[rows["op"] == "all_reduce", "placement"]) == {"out-of-place", "in-place"}  # as nccl-tests
     assert set(rows.loc[rows["op"] == "broadcast", "placement"]) == {"in-place"}  # MPI Bcast has one buffer
 
 

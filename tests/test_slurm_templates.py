@@ -212,7 +212,7 @@ def test_submit_and_sweep_options_do_not_collide_with_run_options():
         assert len(flags) == len(set(flags)), sorted(f for f in flags if flags.count(f) > 1)
     run = {opt for p in cli.commands["run"].params for opt in p.opts}
     submit = {opt for p in cli.commands["submit"].params for opt in p.opts}
-    assert run - {"--nprocs", "-N", "--out", "--quiet", "-q"} <= submit  # every measurement option of run
+    assert run - {"--nprocs", "-P", "--out", "--quiet", "-q"} <= submit  # every measurement option of run
 
 
 def test_template_directory_override(tmp_path, monkeypatch):

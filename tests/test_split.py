@@ -34,11 +34,11 @@ def test_nccl_tests_variables_are_honoured():
 def test_split_run_gives_one_row_per_group(tmp_path):
     out = tmp_path / "split"
     res = run_cli("run", "all_reduce", "sendrecv", "--nprocs", "4", "--backend", "gloo", "--split", "MOD 2",
-                  "-b", "4K", "-e", "8K", "-n", "2", "-w", "1", "--out", str(out))
+                  "-b", "4K", "-e", "8K", "-f", "2", "-n", "2", "-w", "1", "--out", str(out))
     assert res.returncode == 0, res.stderr
     frame = read_results(out)
     ops = frame[frame.row_kind == "op"]
-    assert len(ops) == 2 * 2 * 2  # ops x sizes x groups
+    assert len(ops) == 2 * 2 * 2  # ops x sizes x groups (gloo all_reduce: in place only; sendrecv: out of place)
     assert set(ops.group) == {0, 1} and (ops.nranks == 2).all() and (ops.nwrong == 0).all()
     ranks = frame[frame.row_kind == "rank"]
     assert set(ranks[ranks.group == 1]["rank"]) == {1, 3}  # world ranks of group 1

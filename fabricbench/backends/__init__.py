@@ -6,7 +6,7 @@ import importlib.util
 
 from fabricbench.errors import UsageError
 
-BACKENDS = ("auto", "nccl", "gloo", "mpi")
+BACKENDS = ("auto", "nccl", "gloo", "mpi", "nccl-direct")
 
 
 def check_backend_name(name: str) -> str:
@@ -52,6 +52,15 @@ def resolve_backend(name: str) -> str:
             if not torch.distributed.is_nccl_available():
                 raise UsageError("this torch build has no NCCL; install a CUDA build of torch")
         return key
+    if key == "nccl-direct":
+        from fabricbench.backends.nccl_direct import available
+
+        why = available()
+        if why:
+            raise UsageError(why)
+        if not _have("torch"):
+            raise UsageError("backend 'nccl-direct' uses torch's gloo for its control plane; pip install torch")
+        return key
     if not _have("mpi4py"):
         raise UsageError("backend 'mpi' needs mpi4py: pip install 'fabricbench[mpi]' "
                          "(and an MPI library, e.g. apt-get install openmpi-bin libopenmpi-dev)")
@@ -70,6 +79,10 @@ def open_backend(name: str, ranks, timeout_s: float, device: str = "auto"):
         from fabricbench.backends.mpi import MPIBackend
 
         backend = MPIBackend(ranks, device=device)
+    elif name == "nccl-direct":
+        from fabricbench.backends.nccl_direct import NcclDirectBackend
+
+        backend = NcclDirectBackend(ranks, timeout_s)
     else:  # pragma: no cover - resolve_backend ran first
         raise UsageError(f"unknown backend '{name}'")
     return wrap_with_injected_faults(backend)
@@ -81,6 +94,10 @@ def unsupported(name: str, dtype, redop: str | None) -> str | None:
         from fabricbench.backends.torch_dist import unsupported as torch_unsupported
 
         return torch_unsupported(name, dtype, redop)
+    if name == "nccl-direct":
+        from fabricbench.backends.nccl_direct import unsupported as nccl_unsupported
+
+        return nccl_unsupported(dtype, redop)
     from fabricbench.backends.mpi import unsupported as mpi_unsupported
 
     return mpi_unsupported(dtype, redop)

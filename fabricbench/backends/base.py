@@ -81,6 +81,23 @@ class Backend(ABC):
     def send(self, buf: Any, dst: int) -> None: raise NotImplementedError
     def recv(self, buf: Any, src: int) -> None: raise NotImplementedError
 
+    # OSU's window (osu_bw, osu_bibw): `n` non-blocking transfers of the same buffer in flight, then wait for
+    # all. A library without non-blocking calls falls back to blocking ones (said in the op note).
+    nonblocking_window = False
+
+    def send_window(self, buf: Any, dst: int, n: int) -> None:
+        for _ in range(n):
+            self.send(buf, dst)
+
+    def recv_window(self, buf: Any, src: int, n: int) -> None:
+        for _ in range(n):
+            self.recv(buf, src)
+
+    def exchange_window(self, send: Any, recv: Any, peer: int, n: int) -> None:
+        """osu_bibw: `n` receives and `n` sends posted to/from `peer`, then all waited for."""
+        for _ in range(n):
+            self.sendrecv(send, recv, peer, peer)
+
     # -- control plane and timing -------------------------------------------------------------------------
     @abstractmethod
     def barrier(self) -> None:

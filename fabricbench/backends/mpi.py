@@ -356,6 +356,27 @@ class MPIBackend(Backend):
         self._comm.Recv(self._out(buf), src, _TAG)
         self._done(buf)
 
+    nonblocking_window = True
+
+    def send_window(self, buf, dst, n):
+        self._ready()
+        s = self._in(buf)
+        self._MPI.Request.Waitall([self._comm.Isend(s, dst, _TAG) for _ in range(n)])
+
+    def recv_window(self, buf, src, n):
+        self._ready()
+        r = self._out(buf)
+        self._MPI.Request.Waitall([self._comm.Irecv(r, src, _TAG) for _ in range(n)])
+        self._done(buf)
+
+    def exchange_window(self, send, recv, peer, n):
+        self._ready()
+        s, r = self._in(send), self._out(recv)
+        reqs = [self._comm.Irecv(r, peer, _TAG) for _ in range(n)]  # receives first, as osu_bibw posts them
+        reqs += [self._comm.Isend(s, peer, _TAG) for _ in range(n)]
+        self._MPI.Request.Waitall(reqs)
+        self._done(recv)
+
     # -- control plane and timing -------------------------------------------------------------------------
     def barrier(self) -> None:
         self._ctrl.Barrier()

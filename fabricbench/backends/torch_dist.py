@@ -116,7 +116,8 @@ class TorchBackend(Backend):
             self._dev = torch.device("cuda", self.gpu)
         else:
             self._dev = torch.device("cpu")
-        timeout = datetime.timedelta(seconds=max(30.0, timeout_s))
+        # timeout_s is the launcher's no-progress limit (0: none); torch's own watchdog only as a last resort
+        timeout = datetime.timedelta(seconds=max(30.0, timeout_s) if timeout_s else 7 * 86400)
         init = f"tcp://{_url_host(ranks.master_addr)}:{ranks.master_port}"
         kwargs: dict[str, Any] = {}
         if self.device == "cuda":
@@ -197,6 +198,25 @@ class TorchBackend(Backend):
             return
         ops = [dist.P2POp(dist.isend, send, self._peer(dst), self._group),
                dist.P2POp(dist.irecv, recv, self._peer(src), self._group)]
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+    nonblocking_window = True
+
+    def send_window(self, buf, dst, n):
+        works = [dist.isend(buf, self._peer(dst), group=self._group) for _ in range(n)]
+        for work in works:
+            work.wait()
+
+    def recv_window(self, buf, src, n):
+        works = [dist.irecv(buf, self._peer(src), group=self._group) for _ in range(n)]
+        for work in works:
+            work.wait()
+
+    def exchange_window(self, send, recv, peer, n):
+        p = self._peer(peer)
+        ops = [dist.P2POp(dist.irecv, recv, p, self._group) for _ in range(n)]
+        ops += [dist.P2POp(dist.isend, send, p, self._group) for _ in range(n)]
         for work in dist.batch_isend_irecv(ops):
             work.wait()
 

@@ -26,12 +26,20 @@ class RunConfig:
     timing: str = "aggregate"  # aggregate | per-iter
     time_reduce: str = "avg"  # avg | max | min | rank0
     in_place: bool = False
-    cuda_graph: bool = False  # nccl-tests -G: capture the timed loop once, replay it
+    cuda_graph: bool = False  # nccl-tests -G: capture the timed loop once, replay it (graph_launches times)
+    graph_launches: int = 0  # nccl-tests -G N: replays of the captured timed loop (0: no graph)
+    agg_iters: int = 1  # nccl-tests -m: operations per timed iteration, issued back to back
+    blocking: int = 0  # nccl-tests -z: 1 wait+barrier after each op, 2 wait, 3 wait+untimed barrier per iteration
+    cycles: int = 1  # nccl-tests -N: passes over the sizes (0: until interrupted)
+    all_dtypes: bool = False  # -d all
+    all_redops: bool = False  # -o all
+    window: int = 64  # p2p_uni/p2p_bi: messages in flight per call (OSU's window size)
+    min_bw: float | None = None  # NCCL_TESTS_MIN_BW: fail when the average busbw < 0.9 x this (GB/s)
     cpu_bind: str = "auto"  # auto: GPU ranks bound to their GPU's NUMA-local CPUs | none
     split: str | None = None  # nccl-tests' NCCL_TESTS_SPLIT syntax, e.g. 'MOD 8'
     out_dir: str | None = None  # None: results/<run-id>
     json_path: str | None = None
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # no-progress limit: no rank returned from a call for this long (0: none)
     run_id: str | None = None
     command_line: list[str] = field(default_factory=list)
     quiet: bool = False

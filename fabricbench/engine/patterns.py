@@ -23,6 +23,7 @@ from fabricbench.engine.dtypes import DType
 _MIX_INDEX = 2654435761  # Knuth's multiplicative hash constant
 _MIX_RANK = 1000003  # a prime: rank r and r' map to different residues for any modulus it does not divide
 _MIX_SEED = 40503
+SAFE_LIMIT = 2**61
 
 
 class Pattern:
@@ -30,7 +31,9 @@ class Pattern:
 
     def __init__(self, dtype: DType, redop: str, nranks: int, seed: int):
         self.dtype, self.redop, self.nranks, self.seed = dtype, redop, nranks, seed
-        limit = dtype.exact_limit
+        # 64-bit types: the exact integers are computed in int64 (and hashed in uint64), so no bound may pass
+        # 2**61 whatever the group size (a 1-rank uint64 group would otherwise ask for 2**64).
+        limit = min(dtype.exact_limit, SAFE_LIMIT)
         if redop == "prod":
             # At most nranks-1 twos per element, so that no two ranks are all-twos alike.
             self.twos = max(1, min(nranks - 1, int(math.log2(limit))))

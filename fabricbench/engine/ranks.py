@@ -95,8 +95,10 @@ def in_slurm_allocation_outside_step(env: Mapping[str, str] | None = None) -> bo
     return "SLURM_JOB_ID" in env and not _in_slurm_step(env)
 
 
-def discover(env: Mapping[str, str] | None = None) -> RankInfo:
-    """Rank information for this process (see the module docstring for precedence)."""
+def discover(env: Mapping[str, str] | None = None, rendezvous: bool = True) -> RankInfo:
+    """Rank information for this process (see the module docstring for precedence).
+
+    `rendezvous=False` (the MPI backend: MPI connects its own ranks) needs no MASTER_ADDR across hosts."""
     env = os.environ if env is None else env
     host = socket.gethostname()
     addr = env.get("MASTER_ADDR")
@@ -112,12 +114,12 @@ def discover(env: Mapping[str, str] | None = None) -> RankInfo:
         local_world = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", world)
         return _checked(RankInfo(_int(env, "OMPI_COMM_WORLD_RANK"), world,
                                  _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0), local_world,
-                                 addr or _single_host_addr(world, local_world, "mpirun"), port, "mpi-ompi", host))
+                                 addr or _single_host_addr(world, local_world, "mpirun", rendezvous), port, "mpi-ompi", host))
     if "PMI_RANK" in env and "PMI_SIZE" in env and not _in_slurm_step(env):
         world = _int(env, "PMI_SIZE")
         local_world = _int(env, "MPI_LOCALNRANKS", world)
         return _checked(RankInfo(_int(env, "PMI_RANK"), world, _int(env, "MPI_LOCALRANKID", 0), local_world,
-                                 addr or _single_host_addr(world, local_world, "mpiexec"), port, "mpi-pmi", host))
+                                 addr or _single_host_addr(world, local_world, "mpiexec", rendezvous), port, "mpi-pmi", host))
     if _in_slurm_step(env):
         world = _int(env, "SLURM_STEP_NUM_TASKS", _int(env, "SLURM_NTASKS", 1))
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or host
@@ -160,9 +162,9 @@ def _tasks_on_this_node(env: Mapping[str, str], world: int) -> int:
     return counts[node_id] if node_id < len(counts) else world
 
 
-def _single_host_addr(world: int, local_world: int, launcher: str) -> str:
-    if local_world == world:
-        return "127.0.0.1"
+def _single_host_addr(world: int, local_world: int, launcher: str, rendezvous: bool = True) -> str:
+    if local_world == world or not rendezvous:
+        return "127.0.0.1"  # unused without a rendezvous (MPI)
     raise UsageError(f"{launcher} started ranks on several hosts but MASTER_ADDR is not set; export "
                      "MASTER_ADDR=<first host> (and MASTER_PORT) to every rank, or use --backend mpi")
 

@@ -28,11 +28,17 @@ def parse_split(spec: str) -> tuple[str, int]:
 
 
 def split_from_env(env) -> str | None:
-    """nccl-tests' variables, so an existing job script's split carries over."""
+    """nccl-tests' variables, so an existing job script's split carries over. As in nccl-tests (src/common.cu),
+    NCCL_TESTS_SPLIT_MASK wins over NCCL_TESTS_SPLIT and is hexadecimal (strtoul base 16): '10' is 0x10."""
+    mask = env.get("NCCL_TESTS_SPLIT_MASK")
+    if mask:
+        mask = mask.strip()
+        if not re.fullmatch(r"(0[xX])?[0-9a-fA-F]+", mask):
+            raise UsageError(f"NCCL_TESTS_SPLIT_MASK='{mask}' is not a hexadecimal mask; nccl-tests reads it in "
+                             "base 16, e.g. NCCL_TESTS_SPLIT_MASK=0x7")
+        return f"AND 0x{mask[2:] if mask.lower().startswith('0x') else mask}"
     if env.get("NCCL_TESTS_SPLIT"):
         return env["NCCL_TESTS_SPLIT"]
-    if env.get("NCCL_TESTS_SPLIT_MASK"):
-        return f"AND {env['NCCL_TESTS_SPLIT_MASK']}"
     return None
 
 

@@ -15,7 +15,7 @@ from fabricbench.engine import nccl_log
 from fabricbench.engine.config import RunConfig
 from fabricbench.engine.driver import Driver
 from fabricbench.engine.ranks import discover
-from fabricbench.errors import RunFailed
+from fabricbench.errors import FabricbenchError, RunFailed
 
 
 GPU_BACKENDS = ("nccl", "nccl-direct")
@@ -34,10 +34,30 @@ def bind_before_backend(cfg: RunConfig, ranks) -> str | None:
 
 
 def run_as_rank(cfg: RunConfig) -> int:
-    ranks = discover()
-    bind_before_backend(cfg, ranks)  # first: resolving the backend imports torch
+    bind_before_backend(cfg, discover(rendezvous=False))  # first: resolving the backend imports torch
     name = resolve_backend(cfg.backend)
-    capture = NcclCapture(cfg, ranks.rank, ranks.host) if name == "nccl" else None  # before NCCL starts
+    ranks = discover(rendezvous=name != "mpi")  # MPI connects its own ranks: no MASTER_ADDR across hosts
+    capture = NcclCapture(cfg, ranks.rank, ranks.host) if name in ("nccl", "nccl-direct") else None  # before NCCL
+    # starts
+    try:
+        return _run(cfg, ranks, name, capture)
+    except FabricbenchError as err:
+        raise _located(err, ranks) from None
+    except Exception as err:  # noqa: BLE001 - a library failure on one rank: say which rank and host
+        if ranks.world_size <= 1:
+            raise
+        raise RunFailed(f"rank {ranks.rank} on {ranks.host}: {type(err).__name__}: {err}") from err
+
+
+def _located(err: FabricbenchError, ranks) -> FabricbenchError:
+    """Under mpirun/srun every rank prints its own error: prefix it with the rank and host it comes from."""
+    text = str(err)
+    if ranks.world_size <= 1 or text.startswith("rank "):
+        return err
+    return type(err)(f"rank {ranks.rank} on {ranks.host}: {text}")
+
+
+def _run(cfg: RunConfig, ranks, name: str, capture) -> int:
     backend = None
     gather_safe = False
     try:
@@ -60,6 +80,18 @@ def run_as_rank(cfg: RunConfig) -> int:
                 backend.close()
 
 
+def fill_algorithms(out_dir, summary) -> int:
+    """Rank 0: the results' rows get NCCL's transport (and, with TUNING on, algorithm/protocol per size)."""
+    from fabricbench.engine.algo_report import fill
+    from fabricbench.results.io import read_results, write_results
+
+    frame = read_results(out_dir)
+    rows = frame.to_dict("records")
+    filled = fill(rows, summary)
+    write_results(out_dir, rows)
+    return filled
+
+
 class NcclCapture:
     """NCCL's own account of the run: prepared before the backend opens, read and merged after the run."""
 
@@ -77,6 +109,14 @@ class NcclCapture:
             self._finish(backend)
         except Exception as err:  # noqa: BLE001 - a report about NCCL must not turn a result into a failure
             print(f"fabricbench: warning: could not summarize NCCL's log: {err}", file=sys.stderr)
+
+    def _fill_rows(self, summary) -> None:
+        if summary is None or not self.cfg.out_dir:
+            return
+        try:
+            fill_algorithms(self.cfg.out_dir, summary)
+        except Exception as err:  # noqa: BLE001 - the measurements are already safe on disk
+            print(f"fabricbench: warning: could not add NCCL's algorithms to the results: {err}", file=sys.stderr)
 
     def _finish(self, backend) -> None:
         summary = nccl_log.parse_rank_log(self.path, self.rank, self.host)
@@ -106,6 +146,7 @@ class NcclCapture:
                                               set_by_fabricbench=self.set_by_us)
         if record is None:
             return
+        self._fill_rows(per_rank[0])
         if not self.cfg.quiet:
             print(f"# {nccl_log.note_line(record)}", flush=True)
         if record.get("socket_fallback"):

@@ -4,12 +4,14 @@ Each rank runs `python -m fabricbench worker` with torchrun's variables (RANK, W
 MASTER_ADDR/PORT on a free port); with the MPI backend the ranks are started by `mpirun` instead. Rank 0's
 stdout is the table; every rank's stderr goes to `<out>/logs/rank<N>.log`. When a rank fails, every other
 rank is stopped at once (each rank leads its own process group, so its children go too) and the failed rank
-is named; when the run outlives --timeout, the rank that stopped making progress is named.
+is named; when no rank returns from an operation call for --timeout seconds, the rank that is behind
+is named with its host and the call it is in.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,7 +26,7 @@ from fabricbench.engine.config import ENV as CONFIG_ENV
 from fabricbench.engine.config import RunConfig
 from fabricbench.engine.driver import PROGRESS_ENV, finalize_failed_run
 from fabricbench.errors import RunFailed, Terminated, UsageError
-from fabricbench.launch.progress import RunProgress
+from fabricbench.launch.progress import RunProgress, read_heartbeats
 
 POLL_S = 0.05
 STOP_GRACE_S = 3.0
@@ -194,7 +196,9 @@ def _launch(cfg: RunConfig, nprocs: int, backend: str) -> int:
 
 
 def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str, shown: RunProgress) -> int:
-    deadline = time.monotonic() + cfg.timeout_s
+    """Wait for the ranks. --timeout is a no-progress detector (nccl-tests -T): the run is stopped only when
+    no rank has returned from an operation call for that long, never because a healthy sweep runs long."""
+    watch = NoProgress(cfg.timeout_s, progress, nranks=len(ranks) if backend != "mpi" else 1)
     while True:
         now = time.monotonic()
         shown.tick()
@@ -210,14 +214,54 @@ def _watch(ranks: list[Rank], cfg: RunConfig, progress: Path, backend: str, show
         if all(r.exit_seen is not None for r in ranks):
             shown.finish()  # the table's last lines before anything else is printed
             return 0
-        if now > deadline:
+        if watch.stalled(now):
             report = _stuck_ranks(progress, len(ranks) if backend != "mpi" else 0)
             _stop_all(ranks)
             shown.finish()
-            message = f"run timed out after {cfg.timeout_s:g} s (--timeout); {report}; all ranks were stopped"
+            message = (f"no rank returned from an operation call for {cfg.timeout_s:g} s (--timeout, a "
+                       f"no-progress limit); {report}; all ranks were stopped")
             finalize_failed_run(cfg.out_dir, message)
             raise RunFailed(f"{message}. Logs: {Path(cfg.out_dir) / 'logs'}")
         time.sleep(POLL_S)
+
+
+class NoProgress:
+    """Progress = the sum over ranks of operation calls returned (from their heartbeat files, rewritten every
+    0.5 s). `stalled` is true once that sum has not moved for `limit_s` seconds (0: never) while some rank is
+    waiting inside an operation call (or has not entered the one its peers wait in) -- nccl-tests' -T, which
+    times the wait for an operation to complete. Host work between calls (writing results, checking data,
+    tearing down) is not a hang. Before every rank has started its heartbeat (importing the libraries,
+    opening the communicator), the limit is at least STARTUP_S, so a short -T does not stop ranks that are
+    still starting on a busy machine."""
+
+    CHECK_EVERY_S = 0.25
+    STARTUP_S = 120.0
+
+    def __init__(self, limit_s: float, progress: Path, clock=time.monotonic, nranks: int = 1):
+        self.limit_s, self.progress, self.clock, self.nranks = limit_s, progress, clock, nranks
+        self.started = False
+        self.in_call = False
+        self.beats: dict = {}
+        self.last_change = clock()
+        self.last_total: tuple[int, int] = (0, 0)  # nothing reported yet
+        self._next_check = 0.0
+
+    def stalled(self, now: float | None = None) -> bool:
+        if not self.limit_s:
+            return False
+        now = self.clock() if now is None else now
+        if now >= self._next_check:
+            self._next_check = now + self.CHECK_EVERY_S
+            self.beats.update(read_heartbeats(self.progress))  # a rank read badly keeps its last beat
+            beats = self.beats
+            self.started = len(beats) >= max(1, self.nranks)
+            self.in_call = any(b.calls > b.done for b in beats.values())
+            total = (len(beats), sum(b.done for b in beats.values()))
+            if total != self.last_total:
+                self.last_total, self.last_change = total, now
+        if not self.started:
+            return now - self.last_change > max(self.limit_s, self.STARTUP_S)
+        return self.in_call and now - self.last_change > self.limit_s
 
 
 def _first_failure(failed: list[Rank]) -> Rank:
@@ -246,6 +290,7 @@ def _last_error_line(log: Path) -> str | None:
     for line in reversed(lines):
         if line.startswith("fabricbench: error:"):
             return line.removeprefix("fabricbench: error:").strip()
+    lines = [line for line in lines if line.strip() and not line.startswith("---")]
     return lines[-1].strip() if lines else None
 
 
@@ -258,35 +303,74 @@ def _raise_for_failure(culprit: Rank, ranks: list[Rank], cfg: RunConfig, backend
         raise RunFailed(detail)  # rank 0 finished and reported wrong data; run.json already says so
     who = "mpirun" if backend == "mpi" else f"rank {culprit.index} (pid {culprit.proc.pid})"
     message = f"{who} {_describe_exit(code)}"
-    if detail and code > 0:
+    mpi = mpi_failure(_read(culprit.log), read_heartbeats(Path(cfg.out_dir) / ".progress")) if backend == "mpi" else None
+    if mpi:
+        message = mpi  # the rank and host, not Open MPI's banner (kept in the log)
+        if detail and detail.startswith("rank "):
+            message += f": {detail}"
+    elif detail and code > 0 and not detail.startswith("---"):
         message += f": {detail}"
     message += "; the other ranks were stopped"
     finalize_failed_run(cfg.out_dir, message)
     raise RunFailed(f"{message}. Results so far: {cfg.out_dir}; log: {culprit.log}")
 
 
-def _stuck_ranks(progress: Path, nranks: int) -> str:
-    """Name the ranks that are behind: fewest operation calls entered (from each rank's heartbeat)."""
-    state: dict[int, tuple[int, str]] = {}
-    for f in progress.glob("rank*"):
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+_OMPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)")
+_OMPI_EXIT = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(-?\d+)", re.S)
+
+
+def mpi_failure(log: str, beats: dict) -> str | None:
+    """From Open MPI's banner in mpirun's log: which rank failed, on which host, how (None if not found).
+    The host comes from the banner, or else from that rank's heartbeat."""
+    m = _OMPI_SIGNAL.search(log)
+    if m:
+        rank, host, sig = int(m.group(1)), m.group(2), int(m.group(3))
         try:
-            calls, phase = f.read_text().rstrip("\n").split("\t", 1)
-            state[int(f.name[4:])] = (int(calls), phase)
-        except (OSError, ValueError):
-            continue
+            how = f"was killed by {signal.Signals(sig).name}"
+        except ValueError:
+            how = f"was killed by signal {sig}"
+        return f"rank {rank} on {host} {how}"
+    m = _OMPI_EXIT.search(log)
+    if m:
+        rank, code = int(m.group(1)), int(m.group(2))
+        beat = beats.get(rank)
+        where = f" on {beat.host}" if beat else ""
+        return f"rank {rank}{where} exited with code {code}"
+    return None
+
+
+def _stuck_ranks(progress: Path, nranks: int) -> str:
+    """Name the ranks that are behind (fewest operation calls entered), with their host and the call they
+    are in, from each rank's heartbeat (named by world rank)."""
+    state = read_heartbeats(progress)
     silent = [r for r in range(nranks) if r not in state]
     if silent:
         return f"rank(s) {', '.join(map(str, silent))} never reported progress (stuck starting up)"
     if not state:
-        return "no rank reported progress"
-    low = min(c for c, _ in state.values())
-    behind = sorted(r for r, (c, _) in state.items() if c == low)
+        return "no rank reported progress (stuck starting up)"
+    low = min(b.calls for b in state.values())
+    behind = sorted(r for r, b in state.items() if b.calls == low)
+    first = state[behind[0]]
     if len(behind) == len(state):
-        phase = state[behind[0]][1]
-        return f"every rank was stuck in {phase} after {low} calls (none is behind: a library or fabric hang)"
-    phase = state[behind[0]][1]
-    return (f"rank {', '.join(map(str, behind))} stopped making progress in {phase} "
-            f"({low} operation calls; the others entered {max(c for c, _ in state.values())})")
+        return (f"every rank is in call {low} ({first.phase}); none is behind the others: a library or "
+                f"fabric hang")
+    where = "; ".join(f"rank {r} on {state[r].host} {_position(state[r])}" for r in behind[:8])
+    more = f" and {len(behind) - 8} more" if len(behind) > 8 else ""
+    return (f"stuck: {where}{more}; the other ranks entered up to {max(b.calls for b in state.values())} "
+            "calls and wait for it")
+
+
+def _position(beat) -> str:
+    if beat.calls > beat.done:
+        return f"is in call {beat.calls} ({beat.phase})"
+    return f"stopped after call {beat.calls}, before call {beat.calls + 1} ({beat.phase})"
 
 
 def _stop_all(ranks: list[Rank]) -> None:

@@ -6,10 +6,38 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from rich.console import Console
+
+
+@dataclass
+class Heartbeat:
+    """One rank's heartbeat file (written by the driver): calls entered and returned, host, phase."""
+
+    rank: int
+    calls: int
+    done: int
+    host: str
+    phase: str
+
+
+def read_heartbeat(path: Path) -> Heartbeat:
+    calls, done, host, phase = path.read_text().rstrip("\n").split("\t", 3)
+    return Heartbeat(int(path.name[4:]), int(calls), int(done), host, phase)
+
+
+def read_heartbeats(directory: Path) -> dict[int, Heartbeat]:
+    out = {}
+    for f in directory.glob("rank*"):
+        try:
+            beat = read_heartbeat(f)
+        except (OSError, ValueError):
+            continue
+        out[beat.rank] = beat
+    return out
 
 
 class RunProgress:
@@ -53,8 +81,9 @@ class RunProgress:
         if not self._status:
             return
         try:
-            calls, phase = (self.progress_dir / "rank0").read_text().rstrip("\n").split("\t", 1)
+            beat = read_heartbeat(self.progress_dir / "rank0")
         except (OSError, ValueError):
             return
+        calls, phase = beat.calls, beat.phase
         elapsed = time.monotonic() - self._start
         self._status.update(f"{phase} · {calls} calls · {elapsed:.0f} s · {self.nranks} ranks")

@@ -45,6 +45,7 @@ class Call:
     rank: int
     nranks: int
     scratch: Any = None
+    window: int = 1  # P2P bandwidth tests: messages in flight per call (OSU's window size)
 
 
 class Op:
@@ -63,6 +64,10 @@ class Op:
     def layout(self, size_bytes: int, itemsize: int, nranks: int, rank: int) -> Layout:
         count = size_bytes // itemsize
         return Layout(count, count, count, count * itemsize)
+
+    def messages_per_call(self, window: int) -> int:
+        """Messages one call moves: the reported time is per message (osu_bw: a window of them per call)."""
+        return 1
 
     def busbw_factor(self, nranks: int) -> float:
         return 1.0

@@ -137,7 +137,7 @@ def stuck_rank(out: Path) -> str | None:
     from fabricbench.launch.local import _stuck_ranks
 
     report = _stuck_ranks(progress, nranks)
-    return report if "stopped making progress" in report or "never reported" in report else None
+    return report if report.startswith("stuck:") or "never reported" in report else None
 
 
 def collect_run(out: Path, job_state=None, quiet: bool = False, echo=print) -> int:

@@ -18,8 +18,9 @@ from fabricbench.analyze.model import GROUP_COLUMNS, Dataset, frame
 from fabricbench.errors import UsageError
 
 PREFIX = re.compile(r"^\s*(?:\[[^\]]*\](?:<std(?:out|err)>)?:?\s*|\d+:\s+)?")
-# "#  Rank  0 Group  0 Pid 1234 on host device  0 [0x07] NVIDIA A100" (older versions: no Group)
-RANK = re.compile(r"#\s*Rank\s+(\d+)\s+(?:Group\s+(\d+)\s+)?Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)\s+\[([^\]]*)\]\s*(.*)")
+# "#  Rank  0 Group  0 Pid 1234 on host device  0 [0x07] NVIDIA A100" (older versions: no Group; fabricbench's CPU
+# ranks: device -1 [cpu])
+RANK = re.compile(r"#\s*Rank\s+(\d+)\s+(?:Group\s+(\d+)\s+)?Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(-?\d+)\s+\[([^\]]*)\]\s*(.*)")
 TAG = re.compile(r"^\s*(\[\d+\])(?=\s|#)")
 HEADER = re.compile(r"#\s*nThread\s+(\d+)\s+nGpus\s+(\d+)")
 START = re.compile(r"#\s*Collective test starting:\s*(\S+)")
@@ -29,8 +30,9 @@ AVG = re.compile(r"#\s*Avg bus bandwidth\s*:\s*([-+0-9.eE]+|nan|inf)", re.I)
 OOB = re.compile(r"#\s*Out of bounds values\s*:\s*(\d+)\s*(OK|FAILED)", re.I)
 NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+)"
 VAL = rf"(?:{NUM}|N/A|nan|-?inf)"  # any column may read N/A (e.g. #wrong of in-place sendrecv, -c 0 runs)
+# Columns after nccl-tests' thirteen (fabricbench's extras, nccl-tests' -S timestamp) are ignored.
 ROW = re.compile(rf"^(\d+)\s+(\d+)\s+([A-Za-z][\w]*)\s+(?:([A-Za-z]+)\s+)?(-?\d+)\s+({VAL})\s+({VAL})\s+({VAL})\s+({VAL})"
-                 rf"(?:\s+({VAL})\s+({VAL})\s+({VAL})\s+({VAL}))?\s*$")
+                 rf"(?:\s+({VAL})\s+({VAL})\s+({VAL})\s+({VAL}))?(?:\s+\S.*)?\s*$")
 
 
 def _op_name(name: str) -> str:
