@@ -428,7 +428,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     # The unit is one (path, round): the best of its sizes in that round. A dip of one measurement leaves the
     # round's other sizes normal; a transient that lasts a round hits all of them, and the data says which.
     tail = np.zeros(0)
-    if pd_.row_y is not None and len(pd_.row_y):
+    if flag.any() and pd_.row_y is not None and len(pd_.row_y):  # only when some path is a candidate
         s, d = pd_.row_src, pd_.row_dst
         off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
         pred = fit.predicted[s, d]
@@ -441,6 +441,19 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         best = np.full(len(uk), -np.inf)
         np.fmax.at(best, inv, r)
         tail = np.sort(best)
+    # a path is low only if every one of its measurements is: the best residual over all its sizes and rounds
+    # (Y takes the median over sizes, which a dip of one size in every round can still pull down)
+    strict = None
+    if flag.any() and pd_.row_y is not None and len(pd_.row_y):
+        s, d = pd_.row_src, pd_.row_dst
+        off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
+        resid_row = pd_.row_y - off - np.nan_to_num(fit.predicted[s, d])
+        strict = np.full(len(names) * len(names), -np.inf)
+        np.fmax.at(strict, s.astype(np.int64) * len(names) + d, resid_row)
+        strict = strict.reshape(len(names), len(names))
+        with np.errstate(invalid="ignore"):
+            flag &= ~(strict > -pair_thr_m)  # failed-only cells stay candidates (strict is -inf there)
+        R = np.where(flag, np.maximum(R, np.where(np.isfinite(strict), strict, R)), R)
     tested = max(int((np.isfinite(R) & ends_ok).sum()), 1)
     cls_m = ctx.shared["pairs"]["cls"]
     corunners = _round_corunners(pd_) if flag.any() else {}
@@ -478,7 +491,9 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         # same class that read this low in every round are counted as they are (the data says whether
         # low readings recur)
         same = cls_m == cls_m[i, j]
-        recurring = max(int(((R <= -d) & same & ends_ok & np.isfinite(R)).sum()) - (2 if both else 1), 0)
+        low_all = strict if strict is not None else R  # every measurement of the path this low
+        with np.errstate(invalid="ignore"):
+            recurring = max(int(((low_all <= -d) & same & ends_ok & np.isfinite(R)).sum()) - (2 if both else 1), 0)
         chance = max(tested * q ** max(len(rounds), 1), float(recurring)) if len(rounds) >= 2 and distinct < 2 \
             else tested * q ** max(distinct, 1)
         if len(rounds) >= 2 and distinct < 2:
