@@ -521,20 +521,32 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
             measurements=[{"pair": f"{a}->{b}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}],
             retest=[f"{a}->{b} (twice, in different rounds)"] + ([f"{a}->{partner[0]}"] if partner else []),
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
-    # failed pairs whose ends work with others
+    # failed pairs whose ends work with others: failing in several rounds is a verdict only when the fleet's own
+    # failure rate cannot explain it (tested paths x rate ^ rounds failed, the pair's own failures left out)
+    units = fail_units = 0
+    if pd_.failed and pd_.row_round is not None:
+        n_ = len(names)
+        rr = pd_.row_round.astype(np.int64)
+        units = len(np.unique((pd_.row_src.astype(np.int64) * n_ + pd_.row_dst) * (int(rr.max() - rr.min()) + 1)
+                              + (rr - rr.min()))) if len(rr) else 0
+        fail_units = sum(len(v) for v in pd_.failed_rounds.values())
     for (i, j), why in pd_.failed.items():
         if not (pd_.Y[i, j] <= DEAD) or not (healthy[i] and healthy[j]):
             continue  # measured fine another time, or an end already explains it
         a, b = names[i], names[j]
         nrounds = len(pd_.failed_rounds.get((i, j), set()) | pd_.failed_rounds.get((j, i), set()))
+        own = len(pd_.failed_rounds.get((i, j), ()))
+        rate = (fail_units - own + 1) / (units + fail_units + 1) if units else 1.0
+        fchance = tested * rate ** max(nrounds, 1)
         repeats = nrounds >= 2
         out.append(Evidence(
             source=NAME, component=f"{a}->{b}", kind="link", deficit=0.99, support=nrounds, noise=spread,
-            basis="data", fact=repeats, confidence=0.9 if repeats else None,
+            basis="data", fact=repeats, confidence=0.95 if repeats else None, chance=fchance if repeats else None,
             pattern="steady" if repeats else "retest", severity="critical",
             summary=(f"{a}->{b} failed in {nrounds} rounds ({why[:120]}) while both ends work with others" if repeats
                      else f"failed once ({why[:100]}) while both ends work with others: retest {a}->{b}"),
-            details=[f"failed in {nrounds} round(s)"], retest=[f"{a}->{b} (twice, in different rounds)"],
+            details=[f"failed in {nrounds} round(s); the fleet fails {100 * rate:.2f}% of path-rounds: "
+                     f"{fchance:.2g} such paths expected by chance"], retest=[f"{a}->{b} (twice, in different rounds)"],
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
     return out
 
