@@ -390,14 +390,19 @@ def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
             row["unexplained_median_gbps"] = row["median_gbps"] * math.exp(float(np.median(pd_.row_y[keep])))
 
 
-def _round_corunners(pd_) -> dict[int, frozenset]:
-    """Which directed pairs ran in each round (sets of (src, dst))."""
-    if pd_.row_round is None or not len(pd_.row_round):
+def _round_corunners(pd_) -> dict[int, int]:
+    """A signature of the set of paths that ran in each round (order-free sum of a hash of each path, over the
+    rows of one size): two rounds with the same co-runners have the same signature."""
+    if pd_.row_round is None or not len(pd_.row_round) or pd_.row_size is None:
         return {}
-    import pandas as pd
-
-    df = pd.DataFrame({"r": pd_.row_round, "s": pd_.row_src, "d": pd_.row_dst}).drop_duplicates()
-    return {int(r): frozenset(zip(g["s"].tolist(), g["d"].tolist())) for r, g in df.groupby("r")}
+    one = pd_.row_size == pd_.row_size.max()
+    s, d, r = pd_.row_src[one].astype(np.uint64), pd_.row_dst[one].astype(np.uint64), pd_.row_round[one]
+    h = (s * np.uint64(0x9E3779B97F4A7C15) + d * np.uint64(0xC2B2AE3D27D4EB4F)) ^ (s << np.uint64(32)) ^ d
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    ur, inv = np.unique(r, return_inverse=True)
+    sig = np.zeros(len(ur), dtype=np.uint64)
+    np.add.at(sig, inv, h)
+    return {int(x): int(v) for x, v in zip(ur, sig)}
 
 
 def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
@@ -456,6 +461,12 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         R = np.where(flag, np.maximum(R, np.where(np.isfinite(strict), strict, R)), R)
     tested = max(int((np.isfinite(R) & ends_ok).sum()), 1)
     cls_m = ctx.shared["pairs"]["cls"]
+    low_sorted: dict[int, np.ndarray] = {}  # per class: every path's "every measurement this low" value, sorted
+    if flag.any():
+        low_all = strict if strict is not None else R
+        base = ends_ok & np.isfinite(R) & np.isfinite(low_all)
+        for c in np.unique(cls_m[flag]):
+            low_sorted[int(c)] = np.sort(low_all[base & (cls_m == c)])
     corunners = _round_corunners(pd_) if flag.any() else {}
     rounds_of: dict[tuple[int, int], set] = {}
     if flag.any() and pd_.row_round is not None:
@@ -490,10 +501,8 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         # independent rounds multiply; rounds that repeat a schedule may repeat a collision, so the paths of the
         # same class that read this low in every round are counted as they are (the data says whether
         # low readings recur)
-        same = cls_m == cls_m[i, j]
-        low_all = strict if strict is not None else R  # every measurement of the path this low
-        with np.errstate(invalid="ignore"):
-            recurring = max(int(((low_all <= -d) & same & ends_ok & np.isfinite(R)).sum()) - (2 if both else 1), 0)
+        lows = low_sorted.get(int(cls_m[i, j]), np.zeros(0))
+        recurring = max(int(np.searchsorted(lows, -d, side="right")) - (2 if both else 1), 0)
         chance = max(tested * q ** max(len(rounds), 1), float(recurring)) if len(rounds) >= 2 and distinct < 2 \
             else tested * q ** max(distinct, 1)
         if len(rounds) >= 2 and distinct < 2:
@@ -551,14 +560,11 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     return out
 
 
-def _distinct_schedules(rounds: set, corunners: dict[int, frozenset], pair: tuple[int, int]) -> int:
+def _distinct_schedules(rounds: set, corunners: dict[int, int], pair: tuple[int, int]) -> int:
+    """Rounds of this path that ran with different co-runners (the path itself is in every one of them)."""
     if not corunners:
         return len(rounds)
-    seen = set()
-    for r in rounds:
-        others = corunners.get(r, frozenset()) - {pair, (pair[1], pair[0])}
-        seen.add(others)
-    return len(seen)
+    return len({corunners.get(r, r) for r in rounds})
 
 
 def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
