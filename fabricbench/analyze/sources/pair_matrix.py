@@ -387,7 +387,7 @@ def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
         keep = sel & rkeep
         if sel.sum() and keep.sum() >= 3 and (sel & ~rkeep).any():
             # row_y is log(bw / this class and size's median): the median of the paths nothing explains
-            row["unexplained_median_gbps"] = row["median_gbps"] * math.exp(float(np.median(pd_.row_y[keep])))
+            row["unexplained_median_gbps"] = row["median_gbps"] * math.exp(float(np.nanmedian(pd_.row_y[keep])))
 
 
 def _round_corunners(pd_) -> dict[int, int]:
@@ -445,7 +445,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         uk, inv = np.unique(key, return_inverse=True)
         best = np.full(len(uk), -np.inf)
         np.fmax.at(best, inv, r)
-        tail = np.sort(best)
+        tail = np.sort(best[np.isfinite(best)])
     # a path is low only if every one of its measurements is: the best residual over all its sizes and rounds
     # (Y takes the median over sizes, which a dip of one size in every round can still pull down)
     strict = None
