@@ -49,7 +49,7 @@ class PairData:
     row_src: np.ndarray | None = None
     row_dst: np.ndarray | None = None
     row_round: np.ndarray | None = None
-    row_size: np.ndarray | None = None  # bytes
+    row_size: np.ndarray | None = None  # index into `sizes` (int16: millions of rows)
     failed_rounds: dict[tuple[int, int], set] = field(default_factory=dict)
     invalid: int = 0  # rows marked ok whose bandwidth was 0, negative or infinite
 
@@ -273,6 +273,6 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
                     all_sizes=sorted(int(s) for s in np.unique(sizes_all)) if len(sizes_all) else [],
                     rails=rails, leaf_idx=leaf_idx, nic_of=nic_of, rail_cells=rail_cells, duplicates=duplicates,
                     rows_used=int(use.sum()), notes=notes, row_y=y, row_src=s_u, row_dst=d_u,
-                    row_round=pick(pairs["round"].to_numpy(dtype=np.int64)), failed_rounds=failed_rounds,
-                    row_size=np.asarray(bw_sizes, dtype=np.int64)[size_u] if len(bw_sizes) else None,
+                    row_round=pick(pairs["round"].to_numpy(dtype=np.int32)), failed_rounds=failed_rounds,
+                    row_size=size_u.astype(np.int16, copy=False) if len(bw_sizes) else None,
                     invalid=int(invalid.sum()))

@@ -383,7 +383,9 @@ def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
     rkeep = ~explained[pd_.row_src, pd_.row_dst]
     for row in res.fleet:
         c = pairdata.CLASS_NAMES.index(row["class"])
-        sel = (rc == c) & (pd_.row_size == row["size"])
+        if int(row["size"]) not in pd_.sizes:
+            continue
+        sel = (rc == c) & (pd_.row_size == pd_.sizes.index(int(row["size"])))
         keep = sel & rkeep
         if sel.sum() and keep.sum() >= 3 and (sel & ~rkeep).any():
             # row_y is log(bw / this class and size's median): the median of the paths nothing explains
