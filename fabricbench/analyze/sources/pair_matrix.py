@@ -562,6 +562,18 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     return out
 
 
+def _binom_tail(k: int, m: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(m, p), bounded from above by Chernoff: exp(-m KL(k/m || p)) (no SciPy; an
+    upper bound only makes the intermittent test more conservative)."""
+    q = k / m
+    if q <= p:
+        return 1.0
+    if q >= 1.0:
+        return p ** m
+    kl = q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p))
+    return math.exp(-m * kl)
+
+
 def _distinct_schedules(rounds: set, corunners: dict[int, int], pair: tuple[int, int]) -> int:
     """Rounds of this path that ran with different co-runners (the path itself is in every one of them)."""
     if not corunners:
@@ -586,8 +598,6 @@ def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
     if not total:
         return out
     p = max(float(np.triu(D, 1).sum()) / total, 1.0 / total)
-    from scipy.stats import binom
-
     n = len(names)
     named: set[int] = set()
     for i in range(n):
@@ -597,7 +607,7 @@ def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
         k, m = int(D[i].sum()), int(Mu[i].sum())
         if k < 3 or m < 4:
             continue
-        chance = n * float(binom.sf(k - 1, m, p))
+        chance = n * _binom_tail(k, m, p)
         if chance > FALSE_ALARM_BUDGET:
             continue
         named.add(i)
