@@ -255,3 +255,13 @@ def test_sources_are_registered_and_weighed_in_one_place():
     assert got["h1"].confidence > 0.9 and got["h1"].drainable_host == "h1"
     assert got["h1->h2"].confidence < 0.01 and got["h1->h2"].drainable_host is None
     assert retests == ["h3->h4: failed once"]
+
+
+def test_leaf_map_recorded_by_a_sweep_is_used_without_topology(tmp_path):
+    """Sweeps record each node's leaf (run.json fabric.leaves, in node order): an uplink fault is named as the
+    uplink, never as its leaf's hosts."""
+    spec, frame, truth = sim(tmp_path, "lf", nodes=6, leaves=3, repeats=3, seed=2, faults=["uplink:leaf2:0.3"])
+    hosts = spec.hosts()
+    res = analyze_frame(tmp_path, "lf", frame, hosts,
+                        info={"fabric": {"leaves": [truth["leaves"][h] for h in hosts]}})
+    assert [v.kind for v in res.faults()] == ["uplink"] and res.drain_candidates(0.0) == []

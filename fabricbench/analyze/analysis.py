@@ -202,7 +202,12 @@ def _expectation_stage(fabric: Fabric, th: Thresholds, res: Analysis) -> None:
                                        f"{worst['measured_gbps']:.3g} GB/s, {100 * worst['ratio']:.0f}% of the "
                                        f"{worst['expected_gbps']:.3g} GB/s the topology expects "
                                        f"(bar {100 * th.expected_fraction:.0f}%): a fleet-wide shortfall (settings, "
-                                       "firmware, routing), not one component"})
+                                       "firmware, routing), not one component"
+                                       + ("; every leaf's cross-leaf paths read low while paths inside leaves do "
+                                          "not: the spine level (spines, their links or routing), not hosts"
+                                          if worst["class"] == "inter-leaf" and not any(
+                                              e["failed"] for e in res.expected if e["class"] == "intra-leaf")
+                                          else "")})
 
 
 def _attach_identifiers(verdicts: list[Verdict], idents: dict) -> None:

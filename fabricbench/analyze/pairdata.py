@@ -49,7 +49,7 @@ class PairData:
     row_src: np.ndarray | None = None
     row_dst: np.ndarray | None = None
     row_round: np.ndarray | None = None
-    row_size: np.ndarray | None = None  # bytes
+    row_size: np.ndarray | None = None  # index into `sizes` (int16: millions of rows)
     failed_rounds: dict[tuple[int, int], set] = field(default_factory=dict)
     invalid: int = 0  # rows marked ok whose bandwidth was 0, negative or infinite
 
@@ -139,6 +139,7 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
     size_u = pick(size_idx_all)
     del size_idx_all
     logs = np.log(pick(bw))
+    contended = None
     if oversubscription and oversubscription > 1.0 and leaf_idx is not None and use.any():
         # judge each measurement against what it could reach in its round (contention.py)
         from fabricbench.analyze.contention import reachable_log
@@ -147,11 +148,19 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
                               leaf_idx, oversubscription, phase=pick(pairs["phase"].to_numpy(dtype=np.int64))
                               if "phase" in pairs else None)
         logs = logs - share
+        contended = share < 0
         if (share < 0).any():
             notes.append(f"oversubscribed uplinks ({oversubscription:g}:1): {int((share < 0).sum())} cross-leaf "
                          "measurement(s) judged against their fair share of the uplinks in their round")
     stats, y = class_stats(logs, pick(cls), size_u, np.asarray(bw_sizes, dtype=np.int64), CLASS_NAMES,
                            floor, step=step)
+    if contended is not None and contended.any():
+        # a measurement held to its share of a shared uplink cannot show a host or path that is slow but still
+        # faster than that share: where the same path also ran uncontended, only those readings judge it
+        key = pick(src).astype(np.int64) * n + pick(dst)
+        unc = np.bincount(key[~contended], minlength=n * n) > 0
+        y = y.astype(np.float32, copy=True)
+        y[contended & unc[key]] = np.nan
     del cls
     s_u, d_u = pick(src), pick(dst)
     rnd = pick(pairs["round"].to_numpy(dtype=np.int64)) if round_correction else None
@@ -264,6 +273,6 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
                     all_sizes=sorted(int(s) for s in np.unique(sizes_all)) if len(sizes_all) else [],
                     rails=rails, leaf_idx=leaf_idx, nic_of=nic_of, rail_cells=rail_cells, duplicates=duplicates,
                     rows_used=int(use.sum()), notes=notes, row_y=y, row_src=s_u, row_dst=d_u,
-                    row_round=pick(pairs["round"].to_numpy(dtype=np.int64)), failed_rounds=failed_rounds,
-                    row_size=np.asarray(bw_sizes, dtype=np.int64)[size_u] if len(bw_sizes) else None,
+                    row_round=pick(pairs["round"].to_numpy(dtype=np.int32)), failed_rounds=failed_rounds,
+                    row_size=size_u.astype(np.int16, copy=False) if len(bw_sizes) else None,
                     invalid=int(invalid.sum()))

@@ -250,7 +250,8 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
         hit = ((s_ == h) | (d_ == h)) & bad[round_all]
         factor[hit] = np.minimum(factor[hit], fac)
     rate = base * factor
-    rate = _flow_model(spec, rate, s_, d_, leaf, cross, round_all, direction[idx_pair], size_i, rail_i, spine_f, R)
+    rate = _flow_model(spec, rate, s_, d_, leaf, cross, round_all, direction[idx_pair], size_i, rail_i, spine_f, R,
+                       up)
     sigma = spec.noise
     if spec.heavy:
         noise = rng.standard_t(3, total) * sigma / math.sqrt(3)  # same variance, heavy tails
@@ -317,7 +318,7 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
 
 
 def _flow_model(spec: SimSpec, rate: np.ndarray, s_, d_, leaf, cross, round_all, direction, size_i, rail_i,
-                spine_f: np.ndarray, R: int) -> np.ndarray:
+                spine_f: np.ndarray, R: int, up: np.ndarray | None = None) -> np.ndarray:
     """Concurrent flows share what the fabric gives them. Flows of one round, direction and size run at once; a
     cross-leaf flow leaves through its leaf's uplinks and enters through the destination leaf's downlinks. Each
     leaf-spine link carries (hosts on the leaf x host rate) / (oversubscription x spines); a degraded spine
@@ -330,6 +331,8 @@ def _flow_model(spec: SimSpec, rate: np.ndarray, s_, d_, leaf, cross, round_all,
         return rate
     per_leaf = np.bincount(leaf)
     link_cap = per_leaf * INTER_GBPS / R / (spec.oversubscription * S)  # one leaf-spine link, one direction
+    if up is not None:
+        link_cap = link_cap * up[: len(link_cap)]  # a degraded uplink bundle carries less
     group = ((round_all.astype(np.int64) * 2 + direction) * 64 + size_i) * max(R, 1) + rail_i
     idx = np.flatnonzero(cross)
     ls, ld, g = leaf[s_[idx]], leaf[d_[idx]], group[idx]

@@ -50,6 +50,11 @@ def _read_run_json(folder: Path, ds: Dataset) -> dict:
         ds.launchers |= {str(h) for h in hosts if h and str(h) not in {str(x) for x in nodes}}
     elif isinstance(hosts, list):
         ds.expected_hosts |= {str(h) for h in hosts if h}
+    fabric = info.get("fabric") if isinstance(info.get("fabric"), dict) else {}
+    names = nodes if isinstance(nodes, list) and nodes else hosts
+    if isinstance(fabric.get("leaves"), list) and isinstance(names, list) and len(fabric["leaves"]) == len(names):
+        # sweeps record each node's leaf in the order of their node list
+        ds.leaf_of.update({str(h): str(lf) for h, lf in zip(names, fabric["leaves"]) if h and lf})
     leaves = info.get("leaves") or (info.get("simulation") or {}).get("leaves")
     if isinstance(leaves, dict) and leaves:
         # host -> leaf ({host: leaf}) or leaf -> [hosts] ({leaf: [host, ...]}), as sweeps and the simulator record it

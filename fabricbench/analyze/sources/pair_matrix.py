@@ -383,21 +383,28 @@ def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
     rkeep = ~explained[pd_.row_src, pd_.row_dst]
     for row in res.fleet:
         c = pairdata.CLASS_NAMES.index(row["class"])
-        sel = (rc == c) & (pd_.row_size == row["size"])
+        if int(row["size"]) not in pd_.sizes:
+            continue
+        sel = (rc == c) & (pd_.row_size == pd_.sizes.index(int(row["size"])))
         keep = sel & rkeep
         if sel.sum() and keep.sum() >= 3 and (sel & ~rkeep).any():
             # row_y is log(bw / this class and size's median): the median of the paths nothing explains
-            row["unexplained_median_gbps"] = row["median_gbps"] * math.exp(float(np.median(pd_.row_y[keep])))
+            row["unexplained_median_gbps"] = row["median_gbps"] * math.exp(float(np.nanmedian(pd_.row_y[keep])))
 
 
-def _round_corunners(pd_) -> dict[int, frozenset]:
-    """Which directed pairs ran in each round (sets of (src, dst))."""
-    if pd_.row_round is None or not len(pd_.row_round):
+def _round_corunners(pd_) -> dict[int, int]:
+    """A signature of the set of paths that ran in each round (order-free sum of a hash of each path, over the
+    rows of one size): two rounds with the same co-runners have the same signature."""
+    if pd_.row_round is None or not len(pd_.row_round) or pd_.row_size is None:
         return {}
-    import pandas as pd
-
-    df = pd.DataFrame({"r": pd_.row_round, "s": pd_.row_src, "d": pd_.row_dst}).drop_duplicates()
-    return {int(r): frozenset(zip(g["s"].tolist(), g["d"].tolist())) for r, g in df.groupby("r")}
+    one = pd_.row_size == pd_.row_size.max()
+    s, d, r = pd_.row_src[one].astype(np.uint64), pd_.row_dst[one].astype(np.uint64), pd_.row_round[one]
+    h = (s * np.uint64(0x9E3779B97F4A7C15) + d * np.uint64(0xC2B2AE3D27D4EB4F)) ^ (s << np.uint64(32)) ^ d
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    ur, inv = np.unique(r, return_inverse=True)
+    sig = np.zeros(len(ur), dtype=np.uint64)
+    np.add.at(sig, inv, h)
+    return {int(x): int(v) for x, v in zip(ur, sig)}
 
 
 def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
@@ -428,7 +435,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     # The unit is one (path, round): the best of its sizes in that round. A dip of one measurement leaves the
     # round's other sizes normal; a transient that lasts a round hits all of them, and the data says which.
     tail = np.zeros(0)
-    if pd_.row_y is not None and len(pd_.row_y):
+    if flag.any() and pd_.row_y is not None and len(pd_.row_y):  # only when some path is a candidate
         s, d = pd_.row_src, pd_.row_dst
         off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
         pred = fit.predicted[s, d]
@@ -440,9 +447,28 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         uk, inv = np.unique(key, return_inverse=True)
         best = np.full(len(uk), -np.inf)
         np.fmax.at(best, inv, r)
-        tail = np.sort(best)
+        tail = np.sort(best[np.isfinite(best)])
+    # a path is low only if every one of its measurements is: the best residual over all its sizes and rounds
+    # (Y takes the median over sizes, which a dip of one size in every round can still pull down)
+    strict = None
+    if flag.any() and pd_.row_y is not None and len(pd_.row_y):
+        s, d = pd_.row_src, pd_.row_dst
+        off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
+        resid_row = pd_.row_y - off - np.nan_to_num(fit.predicted[s, d])
+        strict = np.full(len(names) * len(names), -np.inf)
+        np.fmax.at(strict, s.astype(np.int64) * len(names) + d, resid_row)
+        strict = strict.reshape(len(names), len(names))
+        with np.errstate(invalid="ignore"):
+            flag &= ~(strict > -pair_thr_m)  # failed-only cells stay candidates (strict is -inf there)
+        R = np.where(flag, np.maximum(R, np.where(np.isfinite(strict), strict, R)), R)
     tested = max(int((np.isfinite(R) & ends_ok).sum()), 1)
     cls_m = ctx.shared["pairs"]["cls"]
+    low_sorted: dict[int, np.ndarray] = {}  # per class: every path's "every measurement this low" value, sorted
+    if flag.any():
+        low_all = strict if strict is not None else R
+        base = ends_ok & np.isfinite(R) & np.isfinite(low_all)
+        for c in np.unique(cls_m[flag]):
+            low_sorted[int(c)] = np.sort(low_all[base & (cls_m == c)])
     corunners = _round_corunners(pd_) if flag.any() else {}
     rounds_of: dict[tuple[int, int], set] = {}
     if flag.any() and pd_.row_round is not None:
@@ -477,8 +503,8 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         # independent rounds multiply; rounds that repeat a schedule may repeat a collision, so the paths of the
         # same class that read this low in every round are counted as they are (the data says whether
         # low readings recur)
-        same = cls_m == cls_m[i, j]
-        recurring = max(int(((R <= -d) & same & ends_ok & np.isfinite(R)).sum()) - (2 if both else 1), 0)
+        lows = low_sorted.get(int(cls_m[i, j]), np.zeros(0))
+        recurring = max(int(np.searchsorted(lows, -d, side="right")) - (2 if both else 1), 0)
         chance = max(tested * q ** max(len(rounds), 1), float(recurring)) if len(rounds) >= 2 and distinct < 2 \
             else tested * q ** max(distinct, 1)
         if len(rounds) >= 2 and distinct < 2:
@@ -506,32 +532,53 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
             measurements=[{"pair": f"{a}->{b}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}],
             retest=[f"{a}->{b} (twice, in different rounds)"] + ([f"{a}->{partner[0]}"] if partner else []),
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
-    # failed pairs whose ends work with others
+    # failed pairs whose ends work with others: failing in several rounds is a verdict only when the fleet's own
+    # failure rate cannot explain it (tested paths x rate ^ rounds failed, the pair's own failures left out)
+    units = fail_units = 0
+    if pd_.failed and pd_.row_round is not None:
+        n_ = len(names)
+        rr = pd_.row_round.astype(np.int64)
+        units = len(np.unique((pd_.row_src.astype(np.int64) * n_ + pd_.row_dst) * (int(rr.max() - rr.min()) + 1)
+                              + (rr - rr.min()))) if len(rr) else 0
+        fail_units = sum(len(v) for v in pd_.failed_rounds.values())
     for (i, j), why in pd_.failed.items():
         if not (pd_.Y[i, j] <= DEAD) or not (healthy[i] and healthy[j]):
             continue  # measured fine another time, or an end already explains it
         a, b = names[i], names[j]
         nrounds = len(pd_.failed_rounds.get((i, j), set()) | pd_.failed_rounds.get((j, i), set()))
+        own = len(pd_.failed_rounds.get((i, j), ()))
+        rate = (fail_units - own + 1) / (units + fail_units + 1) if units else 1.0
+        fchance = tested * rate ** max(nrounds, 1)
         repeats = nrounds >= 2
         out.append(Evidence(
             source=NAME, component=f"{a}->{b}", kind="link", deficit=0.99, support=nrounds, noise=spread,
-            basis="data", fact=repeats, confidence=0.9 if repeats else None,
+            basis="data", fact=repeats, confidence=0.95 if repeats else None, chance=fchance if repeats else None,
             pattern="steady" if repeats else "retest", severity="critical",
             summary=(f"{a}->{b} failed in {nrounds} rounds ({why[:120]}) while both ends work with others" if repeats
                      else f"failed once ({why[:100]}) while both ends work with others: retest {a}->{b}"),
-            details=[f"failed in {nrounds} round(s)"], retest=[f"{a}->{b} (twice, in different rounds)"],
+            details=[f"failed in {nrounds} round(s); the fleet fails {100 * rate:.2f}% of path-rounds: "
+                     f"{fchance:.2g} such paths expected by chance"], retest=[f"{a}->{b} (twice, in different rounds)"],
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
     return out
 
 
-def _distinct_schedules(rounds: set, corunners: dict[int, frozenset], pair: tuple[int, int]) -> int:
+def _binom_tail(k: int, m: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(m, p), bounded from above by Chernoff: exp(-m KL(k/m || p)) (no SciPy; an
+    upper bound only makes the intermittent test more conservative)."""
+    q = k / m
+    if q <= p:
+        return 1.0
+    if q >= 1.0:
+        return p ** m
+    kl = q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p))
+    return math.exp(-m * kl)
+
+
+def _distinct_schedules(rounds: set, corunners: dict[int, int], pair: tuple[int, int]) -> int:
+    """Rounds of this path that ran with different co-runners (the path itself is in every one of them)."""
     if not corunners:
         return len(rounds)
-    seen = set()
-    for r in rounds:
-        others = corunners.get(r, frozenset()) - {pair, (pair[1], pair[0])}
-        seen.add(others)
-    return len(seen)
+    return len({corunners.get(r, r) for r in rounds})
 
 
 def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
@@ -551,8 +598,6 @@ def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
     if not total:
         return out
     p = max(float(np.triu(D, 1).sum()) / total, 1.0 / total)
-    from scipy.stats import binom
-
     n = len(names)
     named: set[int] = set()
     for i in range(n):
@@ -562,7 +607,7 @@ def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
         k, m = int(D[i].sum()), int(Mu[i].sum())
         if k < 3 or m < 4:
             continue
-        chance = n * float(binom.sf(k - 1, m, p))
+        chance = n * _binom_tail(k, m, p)
         if chance > FALSE_ALARM_BUDGET:
             continue
         named.add(i)
