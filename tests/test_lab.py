@@ -264,13 +264,15 @@ def test_nic_degraded_in_one_direction_only(lab):
     try:
         lab.degrade(nic="lab2", rate="50%", direction="rx")
         into, out_of = lab.throughput("lab1", "lab2"), lab.throughput("lab2", "lab1")
-        assert 0.85 * GOODPUT * 0.5 * rate < into < 1.05 * 0.5 * rate, (into, out_of)  # into lab2: half
-        assert out_of > 0.85 * GOODPUT * rate, (into, out_of)  # out of lab2: the full link
+        # into lab2: half the link (never above it: tc's limit); out of lab2: the full link. Bounds leave room
+        # for a busy 2-core machine, where a probe can fall short of the tc rate.
+        assert 0.7 * GOODPUT * 0.5 * rate < into < 1.05 * 0.5 * rate, (into, out_of)
+        assert out_of > 0.75 * GOODPUT * rate and into < 0.6 * out_of, (into, out_of)
         deg = lab.status()["degradations"]
         assert [(d["kind"], d["target"], d["direction"]) for d in deg] == [("nic", "lab2", "rx")]
         lab.degrade(nic="lab2", rate="50%", direction="tx")  # replaces the rx one
         into, out_of = lab.throughput("lab1", "lab2"), lab.throughput("lab2", "lab1")
-        assert into > 0.85 * GOODPUT * rate and out_of < 1.05 * 0.5 * rate, (into, out_of)
+        assert into > 0.75 * GOODPUT * rate and out_of < 1.05 * 0.5 * rate, (into, out_of)
         assert len(lab.status()["degradations"]) == 1
     finally:
         lab.heal()
