@@ -332,8 +332,10 @@ def test_oversubscribed_uplinks_are_shared_by_cross_leaf_flows(lab_factory):
     with ThreadPoolExecutor(2) as pool:  # two flows leave leaf1 at once: they share its 400 Mbit/s
         flows = [pool.submit(handle.throughput, a, b, 1.5) for a, b in (("lab1", "lab3"), ("lab2", "lab4"))]
         shared = [f.result() for f in flows]
-    assert all(0.35 * 400e6 < bps < 0.6 * 400e6 for bps in shared), shared
-    assert sum(shared) < 1.05 * 400e6, shared
+    # TCP does not split a bottleneck evenly (one flow may start first), so: each clearly below its rate alone,
+    # together about the uplink's rate and never above it
+    assert all(bps < 0.75 * alone for bps in shared), (alone, shared)
+    assert 0.7 * 400e6 < sum(shared) < 1.05 * 400e6, shared
     handle.degrade(uplink="leaf2", rate="50%")  # of the uplink's own 400 Mbit/s
     assert handle.throughput("lab1", "lab3") < 1.05 * 200e6
 

@@ -327,7 +327,7 @@ def _patch_worker(monkeypatch, tmp_path, rank, backend, run):
     cfg = RunConfig(ops=["all_reduce"], backend="nccl", out_dir=str(out), run_id="r1")
     info = RankInfo(rank=rank, world_size=2, local_rank=rank, local_world_size=2, master_addr="127.0.0.1",
                     master_port=1, source="local", host="node-a")
-    monkeypatch.setattr(worker, "discover", lambda: info)
+    monkeypatch.setattr(worker, "discover", lambda **_: info)
     monkeypatch.setattr(worker, "resolve_backend", lambda name: "nccl")
     monkeypatch.setattr(worker, "open_backend", lambda name, ranks, timeout: backend)
 
@@ -379,7 +379,7 @@ def test_worker_gathers_after_wrong_data_but_not_after_a_crash(tmp_path, monkeyp
         raise RuntimeError("NCCL error: remote process exited")
 
     worker, cfg, out = _patch_worker(monkeypatch, tmp_path / "second", 0, backend2, crash)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RunFailed, match="rank 0 on node-a: RuntimeError: NCCL error"):  # named, not a traceback
         worker.run_as_rank(cfg)
     assert os.environ["NCCL_DEBUG_FILE"].startswith(str((tmp_path / "second").absolute()))
     assert backend2.gathered == [] and backend2.closed  # no collective after a failure
@@ -395,7 +395,7 @@ def test_worker_leaves_other_backends_alone(tmp_path, monkeypatch):
     backend = _FakeBackend([])
     cfg = RunConfig(ops=["all_reduce"], backend="gloo", out_dir=str(tmp_path / "g"), run_id="g")
     info = RankInfo(0, 1, 0, 1, "127.0.0.1", 1, "single", "h")
-    monkeypatch.setattr(worker, "discover", lambda: info)
+    monkeypatch.setattr(worker, "discover", lambda **_: info)
     monkeypatch.setattr(worker, "resolve_backend", lambda name: "gloo")
     monkeypatch.setattr(worker, "open_backend", lambda name, ranks, timeout: backend)
     monkeypatch.setattr(worker, "Driver", lambda cfg, b, r: type("D", (), {"run": lambda self: 0})())

@@ -49,7 +49,7 @@ def test_open_mpi_applies_our_rules_file_by_message_size(tmp_path):
     assert proc.returncode == 1, proc.stdout[-1500:] + proc.stderr[-1500:]
     rows = pd.read_parquet(out / "results.parquet")
     ok = rows[(rows.row_kind == "op") & (rows.status == "ok")]
-    assert list(ok.size_bytes) == [1024]
+    assert set(ok.size_bytes) == {1024}  # both placements of 1 KiB; neither of 8 KiB
     good = _tuning_dir(tmp_path / "good", 4)
     out = tmp_path / "run-good"
     proc = run_cli("run", "all_gather", "--backend", "mpi", "--nprocs", "4", "-b", "1K", "-e", "8K", "-f", "8",

@@ -500,6 +500,8 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         own = len(rounds_of.get((i, j), ())) + (len(rounds_of.get((j, i), ())) if both else 0)
         below = max(int(np.searchsorted(tail, -d, side="right")) - own, 0)
         q = (below + 1) / (len(tail) + 1) if len(tail) else 0.5
+        if below == 0:  # beyond every reading the data has: its rank only bounds the tail at 1/(N+1)
+            q = min(q, _heavy_tail(d, float(pair_spread[i, j])))
         # independent rounds multiply; rounds that repeat a schedule may repeat a collision, so the paths of the
         # same class that read this low in every round are counted as they are (the data says whether
         # low readings recur)
@@ -560,6 +562,18 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
                      f"{fchance:.2g} such paths expected by chance"], retest=[f"{a}->{b} (twice, in different rounds)"],
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
     return out
+
+
+def _heavy_tail(depth: float, spread: float) -> float:
+    """P(a reading falls `depth` (log units) below its prediction) for noise with robust spread `spread`,
+    modelled as Student-t with 3 degrees of freedom (heavier-tailed than measured fabric noise, so the model
+    overstates chance). Used only beyond the data's own tail, where a small sweep's rank cannot resolve it:
+    a 6-host sweep has 60 readings, so its rank alone says no better than 1 in 61."""
+    if not spread > 0 or not math.isfinite(depth):
+        return 1.0
+    t = max(depth, 0.0) / spread * 1.134  # 1.4826 x MAD of a unit t3 is 1.134
+    upper = 0.5 - (t / (math.sqrt(3) * (1 + t * t / 3)) + math.atan(t / math.sqrt(3))) / math.pi
+    return max(upper, 1e-300)
 
 
 def _binom_tail(k: int, m: int, p: float) -> float:
