@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from fabricbench.analyze import pairdata, pairfit, tomography
+from fabricbench.analyze import flapping, pairdata, pairfit, tomography
 from fabricbench.analyze.evidence import Context, Evidence, source
 from fabricbench.analyze.weigh import FALSE_ALARM_BUDGET
 from fabricbench.analyze.verdicts import pct
@@ -244,9 +244,9 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
     ctx.shared["pairs"]["bad_up"] = bad_up
     _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls)
     # --- single paths, failed pairs, intermittent hosts -------------------------------------------------------
-    flapping = _intermittent(ctx, pd_, names, healthy, bad_node)
-    out += flapping
-    for e in flapping:  # a flapping host explains its own paths' dips: they are not links of their own
+    flaps = _intermittent(ctx, pd_, names, healthy, bad_node, leaf, bad_up)
+    out += flaps
+    for e in flaps:  # a flapping host explains its own paths' dips: they are not links of their own
         healthy[names.index(e.component)] = False
     out += _paths(ctx, pd_, fit, leaf, names, healthy, bad_up)
     if pd_.rail_cells is not None:
@@ -595,7 +595,7 @@ def _distinct_schedules(rounds: set, corunners: dict[int, int], pair: tuple[int,
     return len({corunners.get(r, r) for r in rounds})
 
 
-def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
+def _intermittent(ctx, pd_, names, healthy, bad_node, leaf=None, bad_up=()) -> list[Evidence]:
     """Dips in some rounds of a pair, others fine. Many dips on one host's paths, far more than the fleet's own
     dip rate explains (binomial tail, times the hosts tested), is one intermittent NIC, not many links."""
     res, th = ctx.res, ctx.thresholds
@@ -614,8 +614,11 @@ def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
     p = max(float(np.triu(D, 1).sum()) / total, 1.0 / total)
     n = len(names)
     named: set[int] = set()
+    # round by round first (a host's rounds against its leaf-mates' rounds: the sharper test where rounds are
+    # known), then the partner count for the hosts it did not name
+    out += _flapping_by_round(ctx, pd_, names, healthy, bad_node, leaf, bad_up, named)
     for i in range(n):
-        if bad_node[i]:
+        if bad_node[i] or i in named:
             continue
         tx, rx = int(dips[i].sum()), int(dips[:, i].sum())
         k, m = int(D[i].sum()), int(Mu[i].sum())
@@ -643,4 +646,48 @@ def _intermittent(ctx, pd_, names, healthy, bad_node) -> list[Evidence]:
                                 "fleet, its other round(s) normal (transient: retest if it recurs)")
     if len(lines) > 50:
         res.intermittent.append(f"... and {len(lines) - 50} more")
+    return out
+
+
+def _flapping_by_round(ctx, pd_, names, healthy, bad_node, leaf, bad_up, named: set) -> list[Evidence]:
+    """Hosts low with many more partners, round by round, than their leaf-mates (flapping.py); adds to `named`.
+    Measurements a steady verdict already explains (a slow host's, cross-leaf paths through a slow uplink) are
+    left out: their partners' rounds are low because of it, not because of the partners."""
+    if pd_.row_y is None or pd_.row_round is None or not len(pd_.row_y):
+        return []
+    fit = ctx.shared["pairs"]["fit"]
+    s, d = pd_.row_src, pd_.row_dst
+    off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
+    resid = pd_.row_y - off - fit.predicted[s, d]
+    ok = np.isfinite(resid) & ~bad_node[s] & ~bad_node[d]
+    if leaf is not None and len(bad_up):
+        badl = np.isin(leaf, list(bad_up))
+        ok &= ~((leaf[s] != leaf[d]) & (badl[s] | badl[d]))
+    if ok.sum() < 20:
+        return []
+    skip = bad_node | ~healthy
+    skip[list(named)] = True
+    found = flapping.flapping_hosts_iter(s[ok], d[ok], pd_.row_round[ok], resid[ok], len(names), leaf, skip,
+                                         FALSE_ALARM_BUDGET, floor=ctx.thresholds.rel,
+                                         collisions=ctx.fabric is None or ctx.fabric.collisions_possible())
+    out: list[Evidence] = []
+    for h in found:
+        i = h["host"]
+        named.add(i)
+        peers = "its leaf-mates" if leaf is not None else "the other hosts"
+        out.append(Evidence(
+            source=NAME, component=names[i], kind="nic", deficit=1 - math.exp(h["depth"]), support=h["k"],
+            noise=h["sigma"], basis="fleet", threshold=0.0, pattern="intermittent", chance=h["chance"],
+            confidence=1.0, cap=0.95,
+            summary=f"{names[i]} reads low (median {pct(h['depth']):.0f}% below what its ends explain) in "
+                    f"{h['rounds']} rounds with {h['partners']} different partners ({h['k']} of its {h['m']} "
+                    f"{h['unit']}s low, {peers} {100 * h['others']:.0f}% of theirs): an intermittent NIC, cable or "
+                    "port (flapping link)",
+            details=[f"low = a (host, round) median residual below {pct(h['thr']):.1f}% ({flapping.LOW_SIGMAS:g} x the "
+                     f"rounds' own spread {100 * h['sigma']:.1f}%, at least the fleet rule); "
+                     + ("a partner counts once however many of its rounds are low; " if h["unit"] == "partner" else "")
+                     + f"Fisher's exact test against {peers}: "
+                     f"{h['chance']:.2g} hosts expected this bad by chance"],
+            retest=[f"watch link flaps/error counters on {names[i]}; retest {names[i]} with 3 partners, 3 rounds"],
+            identifiers={"host": names[i]}, hosts=[names[i]], own_host=names[i]))
     return out

@@ -1,0 +1,187 @@
+"""A flapping NIC judged round by round: in how many rounds, with how many partners, does a host read low,
+against its leaf-mates?
+
+Unit: one (host, round), the median residual (measurement minus what the fit of both ends explains) of every
+measurement the host took part in that round (both directions, every size), less the round's own median
+residual (a round-wide drift hits every host alike). A NIC down for the round lowers every measurement of it;
+a single-measurement dip moves the median little. A unit is "low" when it lies beyond the data's own per-round
+noise (LOW_SIGMAS x the median over rounds of the units' robust spread) and beyond the analyzer's relative floor.
+
+Where flows can collide (oversubscription, several spines) a cross-leaf host's units are counted per partner: a
+partner is low for the host when any of their rounds together is. A pair that is slow every time it runs (a bad
+path, a collision that recurs because the schedule repeats under static routing) is one partner, not one unit
+per repeat. Paths inside a leaf share no uplink: each round is its own unit, judged against the noise of
+intra-leaf units alone (cross-leaf collisions make theirs far wider). Either way a named host is low with at
+least MIN_PARTNERS different partners, and the median of its low units lies beyond DEPTH_SIGMAS spreads and
+the fleet rule. A host that is down in some rounds has far more low units than hosts that share its leaf (same
+uplinks, same collisions, same schedule), which Fisher's exact test (hypergeometric tail) says without assuming
+a rate; times the hosts tested and the tests run on each (Bonferroni) it is the expected number of such hosts by
+chance, held to the analyzer's false-alarm budget. A steady deficit is the fit's, not this test's (the fit's
+host terms are subtracted, and measurements a steady host or uplink verdict explains are left out), and a
+leaf-wide problem raises the leaf-mates' rate too.
+
+A flapping host makes the round it shares with each partner low for that partner as well. Hosts are therefore
+named one at a time, the most significant first, and every measurement involving a named host is removed before
+the rest are judged again (`flapping_hosts_iter`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LOW_SIGMAS = 2.0  # a (host, round) unit is low beyond this many robust spreads of its round's units
+DEPTH_SIGMAS = 2.5  # the median of a named host's low units must lie beyond this many spreads
+MIN_PARTNERS = 5  # a named host is low with at least this many different partners
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def hypergeom_tail(k: int, m: int, low_total: int, total: int) -> float:
+    """P(X >= k), X the low units among m drawn from `total` units of which `low_total` are low (exact)."""
+    lo, hi = max(k, 0), min(m, low_total)
+    if lo > hi:
+        return 0.0
+    base = _log_comb(total, m)
+    terms = [_log_comb(low_total, x) + _log_comb(total - low_total, m - x) - base for x in range(lo, hi + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def host_round_units(s: np.ndarray, d: np.ndarray, rnd: np.ndarray, resid: np.ndarray, n: int):
+    """(host, round index, partner, value) for every host and round it measured in: median residual less the round
+    median. The partner is the host's (first) partner in that round."""
+    ur, rinv = np.unique(rnd, return_inverse=True)
+    med = np.zeros(len(ur))
+    order = np.argsort(rinv, kind="stable")
+    bounds = np.searchsorted(rinv[order], np.arange(len(ur) + 1))
+    for g in range(len(ur)):
+        med[g] = np.median(resid[order[bounds[g]:bounds[g + 1]]])
+    r0 = resid - med[rinv]
+    host = np.concatenate([s, d]).astype(np.int64)
+    other = np.concatenate([d, s]).astype(np.int64)
+    key = host * len(ur) + np.concatenate([rinv, rinv])
+    val = np.concatenate([r0, r0])
+    order = np.lexsort((val, key))
+    key, val, other = key[order], val[order], other[order]
+    uk, first, cnt = np.unique(key, return_index=True, return_counts=True)
+    # the median of the unit's measurements: a NIC down for the round lowers all of them, a single-measurement
+    # dip or one heavy-tailed reading moves it little
+    med_unit = 0.5 * (val[first + (cnt - 1) // 2] + val[first + cnt // 2])
+    return (uk // len(ur)).astype(np.int64), (uk % len(ur)).astype(np.int64), other[first], med_unit
+
+
+def round_noise(rnd: np.ndarray, value: np.ndarray) -> float:
+    """The units' own noise: median over rounds of the robust spread (1.4826 x MAD) of that round's units."""
+    ur, inv = np.unique(rnd, return_inverse=True)
+    if not len(ur):
+        return 0.0
+    order = np.argsort(inv, kind="stable")
+    bounds = np.searchsorted(inv[order], np.arange(len(ur) + 1))
+    spreads = []
+    for g in range(len(ur)):
+        v = value[order[bounds[g]:bounds[g + 1]]]
+        if len(v) >= 4:
+            spreads.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
+    if spreads:
+        return float(np.median(spreads))
+    return 1.4826 * float(np.median(np.abs(value - np.median(value))))
+
+
+def flapping_hosts(host: np.ndarray, partner: np.ndarray, value: np.ndarray, n: int, group: np.ndarray | None,
+                   skip: np.ndarray, budget: float, floor: float = 0.0, sigma: float | None = None,
+                   tested: int | None = None, per_partner: bool = True) -> list[dict]:
+    """Hosts low in more units than the rest of their group (leaf; the fleet without one) explains, their low
+    rounds deep beyond the noise and with several different partners, most significant first (one pass: see
+    flapping_hosts_iter). A unit is a (host, partner) pair, low when any of their rounds is (`per_partner`:
+    where a slow pair or a collision can recur whenever the schedule repeats), else a (host, round)."""
+    if len(value) < 20:
+        return []
+    if sigma is None:
+        sigma = 1.4826 * float(np.median(np.abs(value - np.median(value))))
+    thr = -max(floor, LOW_SIGMAS * sigma)
+    low = value <= thr
+    if per_partner:
+        pk = host * n + partner
+        upk, pinv = np.unique(pk, return_inverse=True)
+        ulow = np.zeros(len(upk), dtype=bool)
+        np.logical_or.at(ulow, pinv, low)
+        uhost = (upk // n).astype(np.int64)
+    else:
+        ulow, uhost = low, host
+    k_h = np.bincount(uhost, weights=ulow, minlength=n).astype(np.int64)
+    m_h = np.bincount(uhost, minlength=n).astype(np.int64)
+    grp = group if group is not None else np.zeros(n, dtype=np.int64)
+    use = ~skip & (m_h >= 4)
+    k_g = np.bincount(grp[use], weights=k_h[use], minlength=int(grp.max()) + 1).astype(np.int64)
+    m_g = np.bincount(grp[use], weights=m_h[use], minlength=int(grp.max()) + 1).astype(np.int64)
+    if tested is None:
+        tested = int(use.sum())
+    out = []
+    for i in np.nonzero(use)[0].tolist():
+        k, m = int(k_h[i]), int(m_h[i])
+        K, M = int(k_g[grp[i]]) - k, int(m_g[grp[i]]) - m  # the others in its group
+        if M < 4 * m or k < 3 or k * M <= K * m:
+            continue
+        mine = (host == i) & low
+        partners = len(np.unique(partner[mine]))
+        if partners < MIN_PARTNERS:
+            continue
+        depth = float(np.median(value[mine]))
+        if depth > -max(floor, DEPTH_SIGMAS * sigma):
+            continue
+        chance = max(tested, 1) * hypergeom_tail(k, m, k + K, m + M)
+        if chance <= budget:
+            out.append(dict(host=i, k=k, m=m, rounds=int(mine.sum()), partners=partners, rate=k / m,
+                            others=K / M if M else 0.0, chance=chance, depth=depth, thr=thr, sigma=sigma,
+                            unit="partner" if per_partner else "round"))
+    out.sort(key=lambda h: h["chance"])
+    return out
+
+
+def flapping_hosts_iter(s: np.ndarray, d: np.ndarray, rnd: np.ndarray, resid: np.ndarray, n: int,
+                        group: np.ndarray | None, skip: np.ndarray, budget: float, floor: float = 0.0,
+                        collisions: bool = True, max_hosts: int = 8) -> list[dict]:
+    """Name flapping hosts one at a time: the most significant first, then every measurement involving it is
+    removed (its partners' rounds with it were low because of it) and the rest judged again. The multiple-testing
+    count stays the hosts tested at the start, times the tests run on each.
+
+    Where concurrent flows can collide (`collisions`) and leaves are known, paths inside a leaf (their ports to
+    themselves: every round independent, judged per round) and cross-leaf paths (collisions load them unevenly
+    and recur for a pair whenever the schedule repeats: judged per partner, against their own, larger noise) are
+    two tests, each with the noise of its own class."""
+    keep = np.ones(len(resid), dtype=bool)
+    named: list[dict] = []
+    tested = None
+    split = collisions and group is not None
+    ntests = 2 if split else 1
+    for _ in range(max_hosts):
+        if keep.sum() < 20:
+            break
+        host, r_i, partner, value = host_round_units(s[keep], d[keep], rnd[keep], resid[keep], n)
+        if tested is None:
+            m_h = np.bincount(host, minlength=n)
+            tested = int((~skip & (m_h >= 4)).sum()) * ntests
+        sk = skip.copy()
+        sk[[h["host"] for h in named]] = True
+        if split:
+            intra = group[host] == group[partner]
+            parts = [(intra, False), (~intra, True)]
+        else:
+            parts = [(np.ones(len(host), dtype=bool), collisions)]
+        found = []
+        for sel, per_partner in parts:
+            if sel.sum() < 20:
+                continue
+            sigma = round_noise(r_i[sel], value[sel])
+            found += flapping_hosts(host[sel], partner[sel], value[sel], n, group, sk, budget, floor, sigma,
+                                    tested, per_partner)
+        if not found:
+            break
+        best = min(found, key=lambda h: h["chance"])
+        named.append(best)
+        keep &= (s != best["host"]) & (d != best["host"])
+    return named
