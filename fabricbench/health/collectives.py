@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -157,7 +158,8 @@ def choose_subsets(nodes: list[str], leaf_of: dict[str, str] | None = None, nigh
         order = nodes[shift:] + nodes[:shift]
         chunks = [order[i:i + k] for i in range(0, len(order), k)]
         if len(chunks) > 1 and len(chunks[-1]) < 2:
-            chunks[-2] += chunks.pop()
+            last = chunks.pop()
+            chunks[-1] = chunks[-1] + last
         parts = [Subset(hostlist_name(sorted(c, key=nodes.index)), sorted(c, key=nodes.index), "group") for c in chunks]
     if parts:
         start = night % len(parts)
@@ -212,10 +214,10 @@ def estimates(past_runs: list[dict], subsets: list[Subset], op: str = OP, defaul
     for s in subsets:
         xs = seen.get(s.component(op), [])[-5:]
         if xs:
-            s.est_s = sorted(xs)[len(xs) // 2]
+            s.est_s = statistics.median(xs)
             own += 1
         elif last_any:
-            s.est_s = sorted(last_any)[len(last_any) // 2]
+            s.est_s = statistics.median(last_any)
         else:
             s.est_s = default_s
     if own == len(subsets) and subsets:

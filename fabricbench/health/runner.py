@@ -158,9 +158,8 @@ def run(opts: RunOptions) -> int:
         subsets = coll.choose_subsets(nodes, leaf_of, night=sum(1 for r in prior if r.get("kind") == "sweep"))
     coll_from = coll.estimates(prior, subsets)
     sweep_budget = opts.budget_s
-    if opts.collectives and subsets:  # asked for: their time comes out of the sweep's (at least one round stays)
-        wanted = coll.fit(subsets, opts.budget_s, not opts.local).est_s
-        sweep_budget = opts.budget_s - max(0.0, min(wanted, opts.budget_s - overhead_s - round_s))
+    if opts.collectives and subsets:  # asked for: the subsets that fit beside one sweep round come out of its time
+        sweep_budget = opts.budget_s - coll.fit(subsets, opts.budget_s - overhead_s - round_s, not opts.local).est_s
     plan = make_plan(nodes, sweep_budget, round_s, overhead_s, opts.gpus_per_node, met,
                      sorted(set(suspects) | set(retest)), night=len(prior))
     echo(plan.describe())
