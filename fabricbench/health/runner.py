@@ -170,8 +170,6 @@ def run(opts: RunOptions) -> int:
     else:
         cplan = coll.fit(subsets, opts.budget_s - plan.est_wall_s, not opts.local, size=opts.collective_size,
                          estimates_from=coll_from)
-        if not subsets:
-            cplan.notes.append("fewer than 2 nodes in any subset")
         echo(cplan.describe())
         echo(f"total estimate: {plan.est_wall_s + cplan.est_s:.0f} s of the {opts.budget_s:.0f} s budget")
     if retest:
