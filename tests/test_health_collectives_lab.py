@@ -48,4 +48,5 @@ def test_degraded_uplink_shows_in_the_all_node_group_not_in_the_leaves(lab):
     nodes = lab.run(["sinfo", "-h", "-N", "-o", "%N %T"], check=True).stdout
     assert "drain" not in nodes.lower(), nodes
     print(f"health run with collectives on the lab: {took:.1f} s; spent line: "
-          + next((ln for ln in out.splitlines() if ln.startswith("collectives: spent")), "?"))
+          + next((ln for ln in out.splitlines() if ln.startswith("collectives: spent")), "?") + "; "
+          + ", ".join(f"{k} {r['busbw_gbps']:.4g} GB/s ({100 * r['ratio']:.0f}%)" for k, r in sorted(got.items())))
