@@ -187,12 +187,24 @@ def run_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, the sweep command and scontrol commands; run nothing."),
     textfile: Optional[str] = typer.Option(None, "--textfile", help="Write the Prometheus .prom file into DIR."),
     out: Optional[str] = typer.Option(None, "--out", help="Sweep results directory [default: results/health/<run>]."),
+    collectives: Optional[bool] = typer.Option(None, "--collectives/--no-collectives", help="After the sweep, "
+                                               "all_reduce over subsets (each leaf and all nodes; without a topology "
+                                               "groups of 4 nodes and all): busbw per subset into the history, judged "
+                                               "against its own history and the topology. Default: in the time the "
+                                               "sweep leaves in the budget; --collectives reserves their time first."),
+    collective_size: str = typer.Option("64M", "--collective-size", help="Message size of the collectives "
+                                        "(judged against the topology from 256M, or when one operation takes >= 10 ms "
+                                        "at the expected busbw)."),
 ) -> None:
-    """A health sweep within a time budget: plan, sweep, analyze, history, states, drain/resume, metrics.
+    """A health sweep within a time budget: plan, sweep, collectives over subsets, analyze, history, states,
+    drain/resume, metrics.
 
     Exit codes: 0 healthy, 1 a component is suspect/regressed/flapping, 2 bad input, 3 inconclusive (no baseline yet)."""
+    from fabricbench.engine.sizes import parse_size
     from fabricbench.health import runner, states
     from fabricbench.slurm.templates import expand_nodes
+
+    parse_size(collective_size, "--collective-size")
 
     if local:
         if not nodes:
@@ -211,7 +223,8 @@ def run_cmd(
                              gpus_per_node=gpus_per_node, sizes=(minbytes, maxbytes), iters=iters, warmup=warmup,
                              partition=partition, per_rail=per_rail, hca=hca, textfile=textfile, drain=drain, dry_run=dry_run,
                              confirm_k=int(m.group(1)), confirm_m=int(m.group(2)), round_s=round_seconds,
-                             overhead_s=fixed_seconds, out=out, params=states.Params(drop=drop), echo=typer.echo)
+                             overhead_s=fixed_seconds, out=out, params=states.Params(drop=drop), echo=typer.echo,
+                             collectives=collectives, collective_size=collective_size)
     raise typer.Exit(runner.run(opts))
 
 

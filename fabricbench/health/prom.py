@@ -10,6 +10,8 @@ Metrics (labels):
 - fabricbench_health_run_duration_seconds{} - how long it took
 - fabricbench_health_nic_bandwidth_bytes_per_second{node, nic, direction} - median over partners (tx | rx)
 - fabricbench_health_uplink_bandwidth_bytes_per_second{leaf} - median cross-leaf pair bandwidth
+- fabricbench_health_collective_busbw_bytes_per_second{op, subset} - busbw of a collective over a subset (leaf,
+  all, or a group of nodes) in the last run (nccl-tests accounting)
 - fabricbench_health_pair_bandwidth_bytes_per_second{src, dst} - only pairs that are not ok (bounded cardinality)
 - fabricbench_health_component_state{component, kind, node, metric, state} - 1 for the component's current state
 - fabricbench_health_node_check{node, check} - 1 pass/warn, 0 fail (unknown is absent, never 1)
@@ -37,6 +39,8 @@ def write(directory, states: pd.DataFrame, latest: pd.DataFrame, finished_ts: fl
                 "partners in the last sweep.", ["node", "nic", "direction"], registry=reg)
     up = Gauge("fabricbench_health_uplink_bandwidth_bytes_per_second", "Median cross-leaf pair bandwidth through a "
                "leaf's uplinks in the last sweep.", ["leaf"], registry=reg)
+    coll = Gauge("fabricbench_health_collective_busbw_bytes_per_second", "Bus bandwidth of a collective over a subset "
+                 "of the nodes in the last run (nccl-tests accounting).", ["op", "subset"], registry=reg)
     pair = Gauge("fabricbench_health_pair_bandwidth_bytes_per_second", "Bandwidth of a directed pair whose state is "
                  "not ok (only those, to bound cardinality).", ["src", "dst"], registry=reg)
     state = Gauge("fabricbench_health_component_state", "1 for the component's current health state.",
@@ -50,7 +54,10 @@ def write(directory, states: pd.DataFrame, latest: pd.DataFrame, finished_ts: fl
             nic.labels(r.node, r.component.split("/", 1)[1], r.metric[:2]).set(r.value)
         elif r.component_kind == "uplink":
             up.labels(r.component.split("/")[0]).set(r.value)
-        elif r.metric == "check_pass":
+        elif r.component_kind == "collective" and r.metric == "busbw_bytes_per_second":
+            _, op, subset = r.component.split(":", 2)
+            coll.labels(op, subset).set(r.value)
+        elif r.metric == "check_pass" and r.component_kind == "node":
             check.labels(r.node, r.component.split("check:", 1)[-1]).set(r.value)
     if not states.empty:
         bad = states[(states["component_kind"] == "pair") & ~states["state"].isin(["ok", "new"])]
@@ -61,7 +68,8 @@ def write(directory, states: pd.DataFrame, latest: pd.DataFrame, finished_ts: fl
         shown = states[states["component_kind"] != "pair"]
         shown = pd.concat([shown, bad])
         for r in shown.itertuples(index=False):
-            state.labels(r.component, r.component_kind, r.node or "", r.metric, r.state).set(1)
+            node = r.node if isinstance(r.node, str) else ""  # uplinks, collectives: no node (NaN in the frame)
+            state.labels(r.component, r.component_kind, node, r.metric, r.state).set(1)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     path = out / FILE_NAME

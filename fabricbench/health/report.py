@@ -73,7 +73,7 @@ def gather(directory, since: timedelta, label: str | None = None) -> dict:
     st = latest_states(con)
     trend = con.execute(
         "SELECT component_kind, component, metric, run_ts, median(value) AS value FROM measurements "
-        "WHERE run_ts >= ? AND component_kind IN ('nic', 'uplink') AND value IS NOT NULL "
+        "WHERE run_ts >= ? AND component_kind IN ('nic', 'uplink', 'collective') AND value IS NOT NULL AND unit = 'bytes_per_second' "
         "GROUP BY ALL ORDER BY component, metric, run_ts", [cutoff]).df()
     last_run = con.execute("SELECT max(run_ts) FROM measurements WHERE source = 'sweep'").fetchone()[0]
     heat = con.execute("SELECT node, partner, median(value) AS value FROM measurements WHERE component_kind = 'pair' "

@@ -1,5 +1,6 @@
-"""One health run: plan within the budget, sweep (Slurm or --local, through `fabricbench sweep pairwise`),
-analyze, append to the history, update states, drain/resume through the lifecycle, write the .prom file.
+"""One health run: plan within the budget, sweep (Slurm or --local, through `fabricbench sweep pairwise`), then
+collectives over subsets in what is left of the budget (fabricbench.health.collectives), analyze, append to the
+history, update states, drain/resume through the lifecycle, write the .prom file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from fabricbench.errors import UsageError
 from fabricbench.health import history as hist
+from fabricbench.health import collectives as coll
 from fabricbench.health import lifecycle, report, rows, states
 from fabricbench.health.plan import make_plan
 
@@ -47,6 +49,8 @@ class RunOptions:
     round_s: float | None = None
     overhead_s: float | None = None
     out: str | None = None
+    collectives: bool | None = None  # None: when the budget allows after the sweep; True: reserve time for them
+    collective_size: str = coll.DEFAULT_SIZE
     params: states.Params = field(default_factory=states.Params)
     echo: object = print
 
@@ -143,10 +147,31 @@ def run(opts: RunOptions) -> int:
     round_s, overhead_s, how = _estimates(directory, opts)
     met, suspects = _history_view(directory)
     prior = hist.runs(directory)
-    plan = make_plan(nodes, opts.budget_s, round_s, overhead_s, opts.gpus_per_node, met,
+    fabric = None
+    if opts.topology:
+        from fabricbench.analyze.topo_adapter import load_fabric
+
+        fabric = load_fabric(opts.topology)
+    leaf_of = (fabric.leaf_of or None) if fabric else None
+    subsets = []
+    if opts.collectives is not False:
+        subsets = coll.choose_subsets(nodes, leaf_of, night=sum(1 for r in prior if r.get("kind") == "sweep"))
+    coll_from = coll.estimates(prior, subsets)
+    sweep_budget = opts.budget_s
+    if opts.collectives and subsets:  # asked for: the subsets that fit beside one sweep round come out of its time
+        sweep_budget = opts.budget_s - coll.fit(subsets, opts.budget_s - overhead_s - round_s, not opts.local).est_s
+    plan = make_plan(nodes, sweep_budget, round_s, overhead_s, opts.gpus_per_node, met,
                      sorted(set(suspects) | set(retest)), night=len(prior))
     echo(plan.describe())
     echo(f"estimates from: {how}")
+    cplan = None
+    if opts.collectives is False:
+        echo("collectives: off (--no-collectives)")
+    else:
+        cplan = coll.fit(subsets, opts.budget_s - plan.est_wall_s, not opts.local, size=opts.collective_size,
+                         estimates_from=coll_from)
+        echo(cplan.describe())
+        echo(f"total estimate: {plan.est_wall_s + cplan.est_s:.0f} s of the {opts.budget_s:.0f} s budget")
     if retest:
         echo(f"retest of nodes fabricbench drained: {', '.join(retest)}")
     out = Path(opts.out or Path("results") / "health" / run_id).absolute()
@@ -154,17 +179,21 @@ def run(opts: RunOptions) -> int:
     apply = not opts.dry_run
     if retest:
         reservation = f"fabricbench-health-{run_id[:15]}"
-        minutes = max(5, int(plan.est_wall_s * 3 / 60) + 5)
+        minutes = max(5, int((plan.est_wall_s + (cplan.est_s if cplan else 0)) * 3 / 60) + 5)
         _scontrol(["scontrol", "create", "reservation", f"ReservationName={reservation}", f"Nodes={','.join(nodes)}",
                    "StartTime=now", f"Duration={minutes}", f"Users={getpass.getuser()}", "Flags=MAINT,IGNORE_JOBS"],
                   echo, apply)
         for node in retest:
             lifecycle.resume(node, lifecycle.FABRIC_TAG, apply=apply, echo=echo)
     argv = _sweep_argv(opts, plan, out, reservation)
+    launch = coll.Launch(local=opts.local, gpus_per_node=opts.gpus_per_node, size=opts.collective_size,
+                         iters=opts.iters, warmup=opts.warmup, partition=opts.partition, reservation=reservation)
     if opts.dry_run:
         from fabricbench.slurm.nodes import shell_line
 
         echo(shell_line(argv))
+        for s in cplan.subsets if cplan else []:
+            echo(shell_line(coll.argv_for(s, launch, out / "collectives" / s.dirname, opts.budget_s)))
         return 0
     t_sweep = time.time()
     try:
@@ -176,16 +205,24 @@ def run(opts: RunOptions) -> int:
         if reservation:
             _scontrol(["scontrol", "delete", f"ReservationName={reservation}"], echo, apply)
         raise UsageError(f"the sweep failed (exit {proc.returncode}): {tail[0][:200]}; results in {out}")
+    cresults: list = []
+    coll_s = 0.0
+    if cplan is not None and subsets:
+        left = opts.budget_s - (time.time() - t_start)
+        refit = coll.fit(subsets, left, not opts.local, size=opts.collective_size, estimates_from=coll_from)
+        dropped = [s.name for s in cplan.subsets if s not in refit.subsets]
+        if dropped:
+            echo(f"collectives: {left:.0f} s of the budget left after the sweep; left out now: {', '.join(dropped)}")
+        cplan = refit
+        t_coll = time.time()
+        cresults = coll.execute(cplan, launch, out / "collectives", t_start + opts.budget_s, echo)
+        coll_s = time.time() - t_coll
+        coll.judge(cresults, fabric, opts.gpus_per_node)
     # Measurements into the history first: whatever happens next, they are kept.
-    fabric = None
-    leaf_of = None
-    if opts.topology:
-        from fabricbench.analyze.topo_adapter import load_fabric
-
-        fabric = load_fabric(opts.topology)
-        leaf_of = fabric.leaf_of or None
     data = rows.from_sweep(out, run_id, ts, leaf_of)
     hist.append_measurements(directory, run_id, "sweep", data)
+    crows = coll.rows(cresults, run_id, ts)
+    hist.append_measurements(directory, run_id, "collective", crows)
     verdicts, status = _analyze(out, fabric)
     con = hist.connect(directory)
     series = states.load_series(con)
@@ -199,13 +236,23 @@ def run(opts: RunOptions) -> int:
         "pattern": plan.pattern, "partners": plan.partners, "seed": plan.seed, "pairs": len(plan.pairs),
         "est_wall_s": plan.est_wall_s, "gpu_hours": plan.gpu_hours}, "rounds": plan.rounds, "sweep_s": sweep_s,
         "spent_s": spent, "spent_gpu_hours": len(nodes) * opts.gpus_per_node * spent / 3600, "results": str(out),
-        "analyze": {"status": status, "verdicts": verdicts}, "actions": actions, "budget_s": opts.budget_s}
+        "analyze": {"status": status, "verdicts": verdicts}, "actions": actions, "budget_s": opts.budget_s,
+        "collectives": {"op": coll.OP, "size": opts.collective_size, "mode": {None: "auto", True: "on", False: "off"}[
+            opts.collectives], "est_s": cplan.est_s if cplan else 0.0, "spent_s": coll_s,
+            "planned": [s.name for s in cplan.subsets] if cplan else [],
+            "left_out": [s.name for s in cplan.left_out] if cplan else [],
+            "results": [r.as_dict() for r in cresults]}}
     hist.write_run(directory, run_id, meta)
     if opts.textfile:
         from fabricbench.health import prom
 
-        prom.write(opts.textfile, st, pd.DataFrame(data), time.time(), spent)
+        prom.write(opts.textfile, st, pd.DataFrame(data + crows), time.time(), spent)
     bad = st[~st["state"].isin(["ok", "new"])] if not st.empty else st
+    for line in coll.summary_lines(cresults):
+        echo(line)
+    if cplan is not None and subsets:
+        echo(f"collectives: spent {coll_s:.0f} s on {len(cresults)} subset(s) (estimate {cplan.est_s:.0f} s)"
+             + (f"; left out: {', '.join(s.name for s in cplan.left_out)}" if cplan.left_out else ""))
     echo(f"spent: {spent:.0f} s wall (sweep {sweep_s:.0f} s; estimate {plan.est_wall_s:.0f} s), "
          f"{meta['spent_gpu_hours']:.3f} GPU-hours; budget {opts.budget_s:.0f} s")
     echo(f"analyze: {status}; {len(verdicts)} verdict(s)" + "".join(f"\n  {v['summary']}" for v in verdicts[:8]))

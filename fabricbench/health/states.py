@@ -3,7 +3,8 @@
 For each series (component, metric) in time order: the baseline is the median of its last `window` good
 readings (robust: one bad night does not move it), its noise the relative MAD of those readings (floored). A
 reading is *low* when it lies below baseline x (1 - max(drop, sigmas x noise)); a low reading does not enter
-the baseline. Check results (metric `check_pass`, 1 or 0) are low when 0, whatever the history.
+the baseline. Check results (metric `check_pass`, 1 or 0) and collectives judged against the topology (metric
+`topology_pass`) are low when 0, whatever the history.
 
 States of the latest reading:
 - new: fewer than `min_base` good readings before it (nothing to compare with: inconclusive, never healthy)
@@ -23,8 +24,11 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-BANDWIDTH_METRICS = ("bw_bytes_per_second", "tx_bytes_per_second", "rx_bytes_per_second", "cross_leaf_bytes_per_second")
+BANDWIDTH_METRICS = ("bw_bytes_per_second", "tx_bytes_per_second", "rx_bytes_per_second", "cross_leaf_bytes_per_second",
+                     "busbw_bytes_per_second")
 CHECK_METRIC = "check_pass"
+# pass (1) / fail (0) by an absolute rule, whatever the history: node checks, collectives vs the topology
+ABSOLUTE_METRICS = (CHECK_METRIC, "topology_pass")
 
 
 @dataclass
@@ -134,7 +138,7 @@ def compute(df: pd.DataFrame, p: Params | None = None, evidence_n: int = 6) -> p
     comp_a = df["component"].to_numpy(dtype=object)
     metric_a = df["metric"].to_numpy(dtype=object)
     n_a = df["n"].to_numpy()
-    is_check = metric_a == CHECK_METRIC
+    is_check = np.isin(metric_a, ABSOLUTE_METRICS)
     short = (n_a <= p.min_base) & ~is_check
     out = []
     if short.any():  # too few readings for any baseline: 'new' in bulk (most pairs of a random-K sweep)
@@ -162,7 +166,7 @@ def compute(df: pd.DataFrame, p: Params | None = None, evidence_n: int = 6) -> p
         bounds = np.concatenate([[0], change, [len(sub)]])
         lengths = np.diff(bounds)
         # every bandwidth series judged at once (series x time, right-aligned); checks one by one (absolute rule)
-        bw = np.flatnonzero(metric_a[bounds[:-1]] != CHECK_METRIC)
+        bw = np.flatnonzero(~np.isin(metric_a[bounds[:-1]], ABSOLUTE_METRICS))
         mat_of = {}
         if len(bw):
             width = int(lengths[bw].max())
@@ -178,9 +182,9 @@ def compute(df: pd.DataFrame, p: Params | None = None, evidence_n: int = 6) -> p
                 r, n = mat_of[k], hi - lo
                 low, base, noise = m_low[r, -n:], m_base[r, -n:], m_noise[r, -n:]
             else:
-                low, base, noise, _ = classify(values, metric == CHECK_METRIC, p)
+                low, base, noise, _ = classify(values, metric in ABSOLUTE_METRICS, p)
             state, start = state_of(low, p)
-            if metric == CHECK_METRIC and state in ("suspect", "regressed"):
+            if metric in ABSOLUTE_METRICS and state in ("suspect", "regressed"):
                 state = "failed"
             run_ids, ts = run_a[lo:hi], ts_a[lo:hi]
             goods = np.flatnonzero(low != 1)  # judged ok, or part of the first baseline
@@ -213,7 +217,8 @@ def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 12
     measurement is a reading of 0. Series too short to judge come back as their last reading only (state 'new'),
     except pairs: a random-K sweep meets most pairs once a month, and a pair with nothing to compare with gets
     no state row at all (its readings still count in its NIC's median)."""
-    metrics = ", ".join(f"'{m}'" for m in (*BANDWIDTH_METRICS, CHECK_METRIC))
+    metrics = ", ".join(f"'{m}'" for m in (*BANDWIDTH_METRICS, *ABSOLUTE_METRICS))
+    absolute = ", ".join(f"'{m}'" for m in ABSOLUTE_METRICS)
 
     def since(k):
         # the cutoff as a literal: DuckDB then skips whole files (one run each) by their run_ts statistics.
@@ -228,7 +233,7 @@ def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 12
     checks = "FALSE" if last_check is None else \
         f"run_ts >= TIMESTAMPTZ '{(last_check - timedelta(days=check_days)).isoformat()}'"
     window = (f"(source = 'sweep' AND component_kind = 'pair' AND {since(pair_runs)}) OR "
-              f"(source = 'sweep' AND component_kind <> 'pair' AND {since(component_runs)}) OR "
+              f"(source IN ('sweep', 'collective') AND component_kind <> 'pair' AND {since(component_runs)}) OR "
               f"(source = 'check' AND {checks})")
     # one row per (component, metric, run) by construction (rows.py takes each pair's median over repeats)
     con.execute(f"""
@@ -244,7 +249,7 @@ def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 12
              row_number() OVER (PARTITION BY component, metric ORDER BY run_ts DESC) AS rn
       FROM m)
     SELECT * FROM s
-    WHERE n > {int(min_base)} OR metric = '{CHECK_METRIC}' OR (rn = 1 AND component_kind <> 'pair')""")
+    WHERE n > {int(min_base)} OR metric IN ({absolute}) OR (rn = 1 AND component_kind <> 'pair')""")
     # Strings once per series and per run, numbers per row: turning half a million rows of strings into Python
     # objects would cost more than judging them.
     series = con.execute("SELECT component, metric, any_value(component_kind) AS kind, arg_max(node, run_ts) AS node, "

@@ -102,7 +102,9 @@ def _leaf_spine(graph: nx.Graph, topo: Topology, hosts: list[str]) -> None:
     fab = topo.fabric
     per_leaf = fab.nodes_per_leaf
     leaves = math.ceil(len(hosts) / per_leaf)
-    if fab.leaves is not None and fab.leaves != leaves:
+    # the whole fabric must fill exactly its leaves; its first N hosts (a layout) use the first leaves only
+    whole = len(hosts) == len(topo.host_names())
+    if fab.leaves is not None and (fab.leaves != leaves if whole else leaves > fab.leaves):
         raise UsageError(f"fabric: {len(hosts)} hosts at {per_leaf} per leaf need {leaves} leaves, "
                          f"but leaves is {fab.leaves}")
     down: dict[str, float] = {}
