@@ -57,3 +57,84 @@ def link_evidence(Y: np.ndarray, leaf: np.ndarray, healthy_src: np.ndarray, heal
         out.append(LinkEvidence(k, "down", int(on_b), int(on_m), int(total_b - on_b - badc[k].sum() + badc[k, k]),
                                 int(total_m - on_m - meas[k].sum() + meas[k, k])))
     return out
+
+
+@dataclass
+class LeafTerms:
+    """A leaf's cross-leaf traffic against the other leaves' (`leaf_terms`), in log units per direction."""
+    up: np.ndarray  # per leaf: its traffic toward other leaves, relative to the median leaf (0 = like the others)
+    down: np.ndarray  # per leaf: traffic into it from other leaves, likewise
+    up_n: np.ndarray  # partner leaves behind each term
+    down_n: np.ndarray
+    rows: np.ndarray  # measurements behind each leaf's up (row 0) and down (row 1) term
+    cell_spread: float  # robust sigma of one leaf-pair block's mean beyond the two leaves' terms
+
+    def judge(self, k: int, direction: str) -> tuple[float, float, int]:
+        """(deficit in log units relative to the other leaves' median, its noise, partner leaves) for leaf k.
+        The noise is the leaf term's own standard error (cell spread / sqrt(partner leaves)) combined with how
+        much the *other* leaves' terms scatter beyond their standard errors: leaves can differ by a few percent
+        on a healthy fabric (a fixed schedule and static routing give each leaf its own recurring collisions),
+        and only a deficit beyond that scatter is the leaf's own."""
+        t = self.up if direction == "up" else self.down
+        n = self.up_n if direction == "up" else self.down_n
+        if not np.isfinite(t[k]) or n[k] < 2:
+            return 0.0, float("inf"), 0
+        se = 1.2533 * self.cell_spread / np.sqrt(np.maximum(n, 1))
+        others = np.flatnonzero((np.arange(len(t)) != k) & np.isfinite(t) & (n >= 2))
+        if len(others) < 2:
+            return 0.0, float("inf"), int(n[k])
+        tau2 = max(0.0, float(np.var(t[others], ddof=1)) - float(np.mean(se[others] ** 2)))
+        return float(np.median(t[others]) - t[k]), float(np.sqrt(se[k] ** 2 + tau2)), int(n[k])
+
+
+def leaf_terms(y: np.ndarray, src: np.ndarray, dst: np.ndarray, leaf: np.ndarray, ok: np.ndarray,
+               min_rows: int = 3, iterations: int = 10) -> LeafTerms | None:
+    """Every leaf's aggregate cross-leaf traffic against the other leaves', from single measurements.
+
+    `y` is each measurement's normalized log bandwidth, already judged against what it could reach in its round
+    (contention.py), so a sweep's own schedule loads every leaf alike. Block (a, b) is the mean of every
+    measurement from leaf a to leaf b whose ends are healthy; an additive fit (median polish)
+    block[a, b] = level + up[a] + down[b] + e separates a leaf's uplinks (its row) from a slow destination leaf
+    (its column): one bad leaf does not move the others' terms. A per-path test cannot see a leaf uplink that is
+    15-30% short when collisions spread single paths by 30%: a leaf's term averages hundreds of paths over every
+    round, and the collisions (random pairs, not one leaf) average out of it, while a short uplink holds every
+    one of its paths down under the same schedule.
+    """
+    if leaf is None or not len(y):
+        return None
+    nl = int(leaf.max()) + 1
+    if nl < 3:
+        return None
+    ls, ld = leaf[src].astype(np.int64), leaf[dst].astype(np.int64)
+    sel = ok & (ls != ld) & (ls >= 0) & (ld >= 0) & np.isfinite(y)
+    if sel.sum() < min_rows * nl:
+        return None
+    key = ls[sel] * nl + ld[sel]
+    cnt = np.bincount(key, minlength=nl * nl).reshape(nl, nl)
+    sums = np.bincount(key, weights=y[sel].astype(np.float64), minlength=nl * nl).reshape(nl, nl)
+    Z = np.where(cnt >= min_rows, sums / np.maximum(cnt, 1), np.nan)
+    np.fill_diagonal(Z, np.nan)
+    if np.isfinite(Z).sum() < 2 * nl:
+        return None
+    up, down = np.zeros(nl), np.zeros(nl)
+    level = float(np.nanmedian(Z))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a leaf with no measured block: NaN, judged as unknown
+        for _ in range(iterations):
+            R = Z - level - up[:, None] - down[None, :]
+            up += np.nan_to_num(np.nanmedian(R, axis=1))
+            R = Z - level - up[:, None] - down[None, :]
+            down += np.nan_to_num(np.nanmedian(R, axis=0))
+            level += float(np.median(up)) + float(np.median(down))
+            up -= np.median(up)
+            down -= np.median(down)
+        E = Z - level - up[:, None] - down[None, :]
+    e = E[np.isfinite(E)]
+    spread = 1.4826 * float(np.median(np.abs(e - np.median(e)))) if e.size >= 3 else float("inf")
+    up_n, down_n = np.isfinite(Z).sum(axis=1), np.isfinite(Z).sum(axis=0)
+    rows = np.stack([np.where(np.isfinite(Z), cnt, 0).sum(axis=1), np.where(np.isfinite(Z), cnt, 0).sum(axis=0)])
+    up = np.where(up_n > 0, up, np.nan)
+    down = np.where(down_n > 0, down, np.nan)
+    return LeafTerms(up, down, up_n, down_n, rows, max(spread, 1e-4))

@@ -332,6 +332,16 @@ def _uplinks(ctx, pd_, fit, leaf, leaf_names, names, healthy, switched):
     ev = {(e.leaf, e.direction): e for e in tomography.link_evidence(pd_.Y, leaf, ok_src, ok_dst, rel)}
     ident_ok = tomography.identifiable(leaf)
     spines = ctx.fabric.spines if ctx.fabric is not None else []
+    # every leaf's aggregate cross-leaf traffic against the other leaves' under the same schedule (each
+    # measurement already judged against its round's fair share): where collisions spread single paths widely,
+    # the per-path terms below cannot separate a short uplink from them, the leaf's aggregate can
+    terms = None
+    if ident_ok and pd_.row_y is not None and len(pd_.row_y):
+        # ends: hosts not judged faulty (on this fabric judged on their intra-leaf partners); not the fit's host
+        # terms, which absorb a short uplink the per-path fit missed into its own hosts' terms and would leave
+        # out exactly the leaf's most affected hosts
+        ends = healthy[pd_.row_src] & healthy[pd_.row_dst]
+        terms = tomography.leaf_terms(pd_.row_y, pd_.row_src, pd_.row_dst, leaf, ends)
     out, bad_up = [], []
     for k, lname in enumerate(leaf_names):
         if lname in switched:
@@ -341,6 +351,10 @@ def _uplinks(ctx, pd_, fit, leaf, leaf_names, names, healthy, switched):
         m = int(min(fit.up_n[k], fit.down_n[k]) if du > rel and dd > rel else (fit.up_n[k] if du >= dd else fit.down_n[k]))
         m_eff = max(2, int(math.sqrt(max(m, 1))))  # independent evidence is per host and partner leaf, not per path
         if d <= rel or d < th.component_sigmas * spread * 1.2533 / math.sqrt(m_eff):
+            agg = _leaf_aggregate(ctx, terms, k, lname, leaf, names, healthy, spines, ident_ok)
+            if agg is not None:
+                bad_up.append(k)
+                out.append(agg)
             continue
         e = ev[(k, "up" if du >= dd else "down")]
         dirs = "both directions" if du > rel and dd > rel else ("toward the spines" if du > dd else "from the spines")
@@ -367,6 +381,55 @@ def _uplinks(ctx, pd_, fit, leaf, leaf_names, names, healthy, switched):
             retest=[f"{a}<->{b}" for a, b in zip(inside[:2], others[:2])],
             identifiers={"switch": lname, "spines": spines}, hosts=members))
     return out, bad_up
+
+
+def _leaf_aggregate(ctx, terms, k, lname, leaf, names, healthy, spines, ident_ok) -> Evidence | None:
+    """Leaf k's uplinks judged on its aggregate cross-leaf traffic against the other leaves' (tomography.leaf_terms):
+    beyond the fleet rule and beyond component_sigmas x the noise the leaves themselves show (the term's
+    standard error and the other leaves' scatter). `chance`: the leaf terms tested (leaves x 2 directions) times
+    the normal tail at that margin (a term is a mean of hundreds of measurements)."""
+    if terms is None:
+        return None
+    th = ctx.thresholds
+    rel = th.rel
+    got = {}
+    for direction in ("up", "down"):
+        d, sigma, n_k = terms.judge(k, direction)
+        if d > rel and math.isfinite(sigma) and d >= th.component_sigmas * sigma:
+            got[direction] = (d, sigma, n_k)
+    if not got:
+        return None
+    direction = max(got, key=lambda x: got[x][0])
+    d, sigma, n_k = got[direction]
+    z = d / max(sigma, 1e-9)
+    tests = 2 * int(np.isfinite(terms.up).sum())
+    chance = tests * 0.5 * math.erfc(z / math.sqrt(2))
+    both = len(got) == 2
+    dirs = "both directions" if both else ("toward the spines" if direction == "up" else "from the spines")
+    members = [names[i] for i in np.flatnonzero(leaf == k)]
+    inside = [h for h in members if healthy[names.index(h)]]
+    others = [names[i] for i in np.flatnonzero((leaf != k) & healthy)]
+    rows = int(terms.rows[0 if direction == "up" else 1][k])
+    summary = (f"{lname}'s uplinks ({dirs}): {lname}'s cross-leaf traffic reads {pct(-d):.0f}% below the other "
+               f"leaves' under the same schedule ({rows} measurements to and from {n_k} other leaves, each judged "
+               f"against its round's fair share), while {lname}'s hosts are healthy")
+    if not ident_ok:
+        summary += "; with only two leaves an uplink cannot be told from the other leaf's (not identifiable)"
+    if len(spines) > 1:
+        summary += f"; traffic spreads over {len(spines)} spines (ECMP/adaptive routing), so which spine port is uncertain"
+    details = [f"leaf aggregate: {lname} {'up' if direction == 'up' else 'down'} term {pct(-d):.1f}% below the median "
+               f"leaf, noise {100 * sigma:.1f}% (its standard error and the other leaves' scatter): "
+               f"{z:.1f} sigma; {chance:.2g} such leaf terms expected by chance among {tests}"]
+    for x, (dx, sx, _n) in got.items():
+        if x != direction:
+            details.append(f"{x} term {pct(-dx):.1f}% below the median leaf ({dx / max(sx, 1e-9):.1f} sigma)")
+    return Evidence(
+        source=NAME, component=f"{lname} uplink" + (f" ({lname}-{spines[0]})" if len(spines) == 1 else "s"),
+        kind="uplink", deficit=1 - math.exp(-d), support=max(n_k, 1), noise=sigma * math.sqrt(max(n_k, 1)) / 1.2533,
+        basis="fleet", threshold=1 - th.fleet_fraction, direction="both" if both else direction, chance=chance,
+        cap=0.99 if ident_ok else 0.5, summary=summary, details=details,
+        retest=[f"{a}<->{b}" for a, b in zip(inside[:2], others[:2])],
+        identifiers={"switch": lname, "spines": spines}, hosts=members)
 
 
 def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
