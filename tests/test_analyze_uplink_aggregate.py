@@ -83,3 +83,18 @@ def test_leaf_terms_need_three_leaves():
     rng = np.random.default_rng(2)
     y, src, dst, leaf = _rows(rng, nl=2)
     assert tomography.leaf_terms(y, src, dst, leaf, np.ones(len(y), dtype=bool)) is None
+
+
+@pytest.mark.parametrize("x, dof, expected", [(2.0, 1, 0.14758361765043326), (2.0, 2, 0.09175170953613698),
+                                              (2.0, 5, 0.050969739414929174), (4.0, 10, 0.0012591663123683473)])
+def test_student_t_tail_matches_published_values(x, dof, expected):
+    # expected: scipy.stats.t.sf(x, dof) (SciPy 1.17.1), written down here so the tests need no SciPy
+    assert tomography.student_t_sf(x, dof) == pytest.approx(expected, rel=1e-9)
+    assert tomography.student_t_sf(-x, dof) == pytest.approx(1 - expected, rel=1e-9)
+
+
+def test_three_leaves_margin_read_on_a_t_tail():
+    """Two other leaves say next to nothing about how far healthy leaves differ: a leaf 3 'sigmas' below them on
+    a 3-leaf fabric is not an uplink fault (the real lab's contended 2:1 sweep reads that way when healthy)."""
+    assert tomography.student_t_sf(4.0, 1) > 0.07  # Cauchy: 6 leaf terms x 0.078 is far beyond any budget
+    assert tomography.student_t_sf(4.0, 61) < 1e-4

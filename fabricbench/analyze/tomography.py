@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 
@@ -68,6 +70,7 @@ class LeafTerms:
     down_n: np.ndarray
     rows: np.ndarray  # measurements behind each leaf's up (row 0) and down (row 1) term
     cell_spread: float  # robust sigma of one leaf-pair block's mean beyond the two leaves' terms
+    resid_dof: int = 0  # blocks minus fitted terms: what cell_spread was estimated from (1 on a 3-leaf fabric)
 
     def judge(self, k: int, direction: str) -> tuple[float, float, int]:
         """(deficit in log units relative to the other leaves' median, its noise, partner leaves) for leaf k.
@@ -85,6 +88,48 @@ class LeafTerms:
             return 0.0, float("inf"), int(n[k])
         tau2 = max(0.0, float(np.var(t[others], ddof=1)) - float(np.mean(se[others] ** 2)))
         return float(np.median(t[others]) - t[k]), float(np.sqrt(se[k] ** 2 + tau2)), int(n[k])
+
+    def scatter_dof(self, k: int, direction: str) -> float:
+        """Effective degrees of freedom of `judge`'s noise (Welch-Satterthwaite): the term's standard error comes
+        from hundreds of measurements, the other leaves' scatter from (other leaves - 1) degrees of freedom. When
+        the scatter dominates, as on a 3-leaf fabric whose two other leaves say next to nothing about how far
+        healthy leaves differ, the margin must be read on a t tail with few degrees of freedom. The standard
+        error's own spread comes from the block fit's residual degrees of freedom (blocks - fitted terms)."""
+        t = self.up if direction == "up" else self.down
+        n = self.up_n if direction == "up" else self.down_n
+        others = np.flatnonzero((np.arange(len(t)) != k) & np.isfinite(t) & (n >= 2))
+        if len(others) < 2:
+            return 1.0
+        se = 1.2533 * self.cell_spread / np.sqrt(np.maximum(n, 1))
+        tau2 = max(0.0, float(np.var(t[others], ddof=1)) - float(np.mean(se[others] ** 2)))
+        se2 = float(se[k] ** 2)
+        return (se2 + tau2) ** 2 / (tau2 ** 2 / (len(others) - 1) + se2 ** 2 / max(self.resid_dof, 1))
+
+
+def student_t_sf(x: float, dof: float) -> float:
+    """P(T > x) for Student's t (Abramowitz & Stegun 26.7.3-4, closed forms in theta = atan(x / sqrt(dof))); a
+    fractional dof is rounded down (a heavier tail: conservative); the normal tail beyond 60 degrees of freedom."""
+    dof = max(int(dof), 1)
+    if dof > 60:
+        return 0.5 * math.erfc(x / math.sqrt(2))
+    th = math.atan(abs(x) / math.sqrt(dof))
+    c2, s = math.cos(th) ** 2, math.sin(th)
+    if dof % 2:  # odd
+        term, acc = 1.0, 0.0
+        if dof > 1:
+            acc = term = math.cos(th)
+            for j in range(1, (dof - 3) // 2 + 1):
+                term *= c2 * (2 * j) / (2 * j + 1)
+                acc += term
+        inside = 2 / math.pi * (th + s * acc)
+    else:
+        term = acc = 1.0
+        for j in range(1, (dof - 2) // 2 + 1):
+            term *= c2 * (2 * j - 1) / (2 * j)
+            acc += term
+        inside = s * acc
+    upper = max(0.0, (1 - inside) / 2)
+    return upper if x >= 0 else 1 - upper
 
 
 def leaf_terms(y: np.ndarray, src: np.ndarray, dst: np.ndarray, leaf: np.ndarray, ok: np.ndarray,
@@ -137,4 +182,5 @@ def leaf_terms(y: np.ndarray, src: np.ndarray, dst: np.ndarray, leaf: np.ndarray
     rows = np.stack([np.where(np.isfinite(Z), cnt, 0).sum(axis=1), np.where(np.isfinite(Z), cnt, 0).sum(axis=0)])
     up = np.where(up_n > 0, up, np.nan)
     down = np.where(down_n > 0, down, np.nan)
-    return LeafTerms(up, down, up_n, down_n, rows, max(spread, 1e-4))
+    resid_dof = int(np.isfinite(Z).sum()) - (2 * nl - 1)
+    return LeafTerms(up, down, up_n, down_n, rows, max(spread, 1e-4), resid_dof)

@@ -387,7 +387,8 @@ def _leaf_aggregate(ctx, terms, k, lname, leaf, names, healthy, spines, ident_ok
     """Leaf k's uplinks judged on its aggregate cross-leaf traffic against the other leaves' (tomography.leaf_terms):
     beyond the fleet rule and beyond component_sigmas x the noise the leaves themselves show (the term's
     standard error and the other leaves' scatter). `chance`: the leaf terms tested (leaves x 2 directions) times
-    the normal tail at that margin (a term is a mean of hundreds of measurements)."""
+    the t tail at that margin, with the other leaves' count - 1 degrees of freedom (their scatter is part of the
+    noise; a term itself is a mean of hundreds of measurements)."""
     if terms is None:
         return None
     th = ctx.thresholds
@@ -403,7 +404,8 @@ def _leaf_aggregate(ctx, terms, k, lname, leaf, names, healthy, spines, ident_ok
     d, sigma, n_k = got[direction]
     z = d / max(sigma, 1e-9)
     tests = 2 * int(np.isfinite(terms.up).sum())
-    chance = tests * 0.5 * math.erfc(z / math.sqrt(2))
+    # the noise includes the other leaves' scatter, estimated from few leaves: read the margin on a t tail
+    chance = tests * tomography.student_t_sf(z, terms.scatter_dof(k, direction))
     both = len(got) == 2
     dirs = "both directions" if both else ("toward the spines" if direction == "up" else "from the spines")
     members = [names[i] for i in np.flatnonzero(leaf == k)]
