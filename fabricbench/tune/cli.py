@@ -19,14 +19,15 @@ def parse_duration(text: str) -> float:
 
 
 def _inject_map(items: list[str]) -> dict[str, str]:
+    """CANDIDATE=FAULT; candidate names hold '=' and so may the fault (slow@0:us=N): the fault is the part
+    after the last '=' that is followed by KIND@."""
     out = {}
     for item in items or []:
-        name, sep, spec = item.partition("=")
-        if not sep or not spec:
-            raise UsageError(f"--inject-candidate '{item}': expected CANDIDATE=KIND@RANK (e.g. allreduce=ring=corrupt@1 "
-                             "is ambiguous: the last '=' part is the fault)")
-        name, _, spec = item.rpartition("=")
-        out[name] = spec
+        m = re.fullmatch(r"(.+)=((?:corrupt|die|hang|slow)@.+)", item)
+        if not m:
+            raise UsageError(f"--inject-candidate '{item}': expected CANDIDATE=KIND@RANK[:...] (e.g. "
+                             "allreduce=ring=corrupt@1 or default=slow@0:us=20000)")
+        out[m.group(1)] = m.group(2)
     return out
 
 
@@ -61,6 +62,9 @@ def register(app: typer.Typer) -> None:
         only: str = typer.Option(None, "--only", help="Try only these candidates (comma-separated names as the "
                                  "plan prints them, e.g. allreduce=ring,allreduce=rabenseifner)."),
         plan: bool = typer.Option(False, "--plan", help="Measure the defaults once, print the plan and its cost, stop."),
+        resources: bool = typer.Option(True, "--resources/--no-resources", help="The resource stage: coordinate "
+                                       "descent over ordered resource knobs (NCCL channels, buffer size, threads, "
+                                       "QPs, p2p chunk; Open MPI segment size) inside each winning subspace."),
         inject: list[str] = typer.Option(None, "--inject-candidate", hidden=True,
                                          help="Self-test: CANDIDATE=FAULT sets FABRICBENCH_INJECT in that candidate's runs."),
     ) -> None:
@@ -110,6 +114,7 @@ def register(app: typer.Typer) -> None:
                        inject=_inject_map(inject))
         opts = TuneOptions(spec=spec, out=out_dir, budget_s=parse_duration(budget), exhaustive=exhaustive,
                            repeats=repeats, confirm_pairs=confirm_pairs, nccl_version=nccl_version, plan_only=plan,
+                           resources=resources,
                            only=[x.strip() for x in only.split(",") if x.strip()] if only else None)
         try:
             run_tune(opts, typer.echo)
