@@ -48,6 +48,9 @@ class RunOptions:
     overhead_s: float | None = None
     out: str | None = None
     params: states.Params = field(default_factory=states.Params)
+    verify_tuning: list[str] = field(default_factory=list)  # tuning directories to `tune verify` after the sweep
+    verify_pairs: int = 3
+    verify_fn: object = None  # tests: stands in for fabricbench.tune.verify.verify
     echo: object = print
 
 
@@ -165,6 +168,9 @@ def run(opts: RunOptions) -> int:
         from fabricbench.slurm.nodes import shell_line
 
         echo(shell_line(argv))
+        for d in opts.verify_tuning:
+            echo(shell_line([sys.executable, "-m", "fabricbench", "tune", "verify", d, "--confirm-pairs",
+                             str(opts.verify_pairs)]) + "   # after the sweep, if the budget allows")
         return 0
     t_sweep = time.time()
     try:
@@ -194,17 +200,25 @@ def run(opts: RunOptions) -> int:
     actions = _lifecycle(opts, st, con, nodes, retest, run_id, apply)
     if reservation:
         _scontrol(["scontrol", "delete", f"ReservationName={reservation}"], echo, apply)
+    tunings = []
+    if opts.verify_tuning:
+        from fabricbench.health import tuning
+
+        tunings = tuning.verify_tunings(opts.verify_tuning, opts.budget_s - (time.time() - t_start),
+                                        opts.verify_pairs, echo, opts.verify_fn)
+        hist.append_measurements(directory, run_id, "tuning", tuning.history_rows(tunings, run_id, ts))
     spent = time.time() - t_start
     meta = {"run_id": run_id, "run_ts": ts.isoformat(), "kind": "sweep", "nodes": nodes, "plan": {
         "pattern": plan.pattern, "partners": plan.partners, "seed": plan.seed, "pairs": len(plan.pairs),
         "est_wall_s": plan.est_wall_s, "gpu_hours": plan.gpu_hours}, "rounds": plan.rounds, "sweep_s": sweep_s,
         "spent_s": spent, "spent_gpu_hours": len(nodes) * opts.gpus_per_node * spent / 3600, "results": str(out),
-        "analyze": {"status": status, "verdicts": verdicts}, "actions": actions, "budget_s": opts.budget_s}
+        "analyze": {"status": status, "verdicts": verdicts}, "actions": actions, "budget_s": opts.budget_s,
+        "verify_tuning": tunings}
     hist.write_run(directory, run_id, meta)
     if opts.textfile:
         from fabricbench.health import prom
 
-        prom.write(opts.textfile, st, pd.DataFrame(data), time.time(), spent)
+        prom.write(opts.textfile, st, pd.DataFrame(data), time.time(), spent, tunings)
     bad = st[~st["state"].isin(["ok", "new"])] if not st.empty else st
     echo(f"spent: {spent:.0f} s wall (sweep {sweep_s:.0f} s; estimate {plan.est_wall_s:.0f} s), "
          f"{meta['spent_gpu_hours']:.3f} GPU-hours; budget {opts.budget_s:.0f} s")
@@ -213,7 +227,18 @@ def run(opts: RunOptions) -> int:
         echo(line)
     for a in actions:
         echo(f"{a['action']:12s} {a['node']}: {a['why']}")
-    return report.exit_code_of(st, runs=1)
+    code = report.exit_code_of(st, runs=1)
+    if tunings:
+        from fabricbench.health import tuning
+
+        for t in tunings:
+            echo(f"tuning {t['tuning']}: {t['status']}" + (f" ({t['why']})" if t["why"] else ""))
+        new = tuning.exit_code(code, tunings)
+        if new != code:
+            echo(f"exit {new}: " + ("a tuning's claimed gain is gone (re-run fabricbench tune)" if new == tuning.GONE_EXIT
+                                    else "a tuning could not be verified"))
+        code = new
+    return code
 
 
 def _analyze(out: Path, fabric) -> tuple[list[dict], str]:
