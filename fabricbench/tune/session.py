@@ -107,6 +107,7 @@ class Tuner:
         self.measured: dict[str, list[Sample]] = {}  # every run so far, saved after each (partial results kept)
         self.t0 = time.monotonic()
         self.per_run = 0.0  # seconds one run takes (the calibration run), for the budget guard
+        self._walks: dict[str, list[dict]] = {}  # op -> the resource stage's walks
         self.reserved_runs = 0  # runs the rest of the session needs after the current stage (confirmation, later ops)
 
     # -- measuring --------------------------------------------------------------------------------------------
@@ -163,6 +164,7 @@ class Tuner:
             successive_halving(space.implementations, measure_after_baseline, ledger, eta=opts.eta,
                                drop_factor=opts.drop_factor)
             walks = self._resource_stage(space, ledger, measure) if space.axes else []
+            self._walks[op] = walks
         decisions = self._confirm(space, spec, ledger, measure)
         result = OpResult(op, space, ledger, decisions, time.monotonic() - t0, ledger.runs)
         result.context["resource_stage"] = walks if not opts.exhaustive else []
@@ -230,8 +232,11 @@ class Tuner:
     # -- confirmation -----------------------------------------------------------------------------------------
     def _choices(self, space: Space, ledger: Ledger) -> dict[int, Candidate]:
         known = {c.name: c for c in space.implementations}
-        # survivors of the search, plus the points the descent measured (exhaustive: resource points survive too)
-        wanted = list(dict.fromkeys(ledger.survivors + [s.candidate for s in ledger.samples if s.phase == "descent"]))
+        # survivors of the search (exhaustive: resource points survive too); where the resource stage walked a
+        # subspace, the point it ended on stands for that subspace (not any point it passed: a step that was not
+        # better beyond the noise must not win on one lucky run)
+        walked = {w["base"]: w["chosen"] for w in self._walks.get(space.op, [])}
+        wanted = list(dict.fromkeys(walked.get(n, n) for n in ledger.survivors))
         by_name = {n: known[n] if n in known else self._rebuild(space, n) for n in wanted}
         names = [n for n in by_name if n not in ledger.rejected and ledger.ok_samples(n)]
         return {size: by_name[name] for size, (name, _t) in per_size_best(ledger, names).items()}
