@@ -175,3 +175,26 @@ def test_tuning_env_reads_a_directory(tmp_path: Path):
     assert env["NCCL_CROSS_NIC"] == "1" and env["OMPI_MCA_coll_tuned_use_dynamic_rules"] == "1"
     assert env["OMPI_MCA_coll_tuned_dynamic_rules_filename"] == str((tmp_path / "ompi-coll-rules.conf").resolve())
     assert read_env_file(tmp_path / "nccl.env") == {"NCCL_CROSS_NIC": "1"}
+
+
+def test_tune_submit_script_quotes_everything_and_refuses_mixed_launchers(tmp_path):
+    from tests.conftest import run_cli
+
+    out = tmp_path / "a b$(touch x)"
+    proc = run_cli("tune", "all_reduce", "--backend", "mpi", "--submit", "--nodes", "2", "-p", "debug", "-b", "1K",
+                   "-e", "4K", "--only", "allreduce=ring", "--no-resources", "--budget", "8m", "--out", str(out),
+                   "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --partition=debug" in script and "#SBATCH --time=15" in script
+    assert f"OUT='{out}'" in script and "--no-resources" in script and "--only allreduce=ring" in script
+    assert "--launcher 'srun --kill-on-bad-exit=1 --ntasks-per-node=1 --mpi=pmix'" in script
+    assert not (tmp_path / "x").exists() and not out.exists()  # dry run: nothing written, nothing ran
+    bad = run_cli("tune", "--backend", "mpi", "--submit", "--nodes", "2", "--nprocs", "2", "--dry-run")
+    assert bad.returncode == 2 and "drop --launcher/--nprocs" in bad.stderr
+    bad = run_cli("tune", "--backend", "mpi", "--nodes", "2")
+    assert bad.returncode == 2 and "--nodes: Slurm options of --submit" in bad.stderr
+    bad = run_cli("tune", "--backend", "mpi", "--submit", "--nodes", "2", "-p", "bad;name", "--dry-run")
+    assert bad.returncode == 2 and "--partition" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("tune", "--backend", "mpi", "--submit", "--dry-run")
+    assert bad.returncode == 2 and "--submit needs --nodes N" in bad.stderr

@@ -7,6 +7,8 @@ Syntax: `KIND@RANK[:after=N]`, several separated by commas.
 - `die@R:after=N`: rank R kills itself with SIGKILL before its (N+1)-th operation call.
 - `hang@R:after=N`: rank R stops making progress (sleeps) before its (N+1)-th operation call, as a rank stuck
   in host code or on a hung GPU would; its peers wait for it inside the collective.
+- `slow@R:us=N`: rank R sleeps N microseconds before every operation call (a slow configuration, for tests of
+  the tuner's search: the others wait for it inside the collective, so every rank's time grows).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Fault:
     kind: str
     rank: int
     after: int = 0
+    us: int = 0
 
 
 def parse(spec: str) -> list[Fault]:
@@ -40,17 +43,21 @@ def parse(spec: str) -> list[Fault]:
         try:
             head, *opts = item.split(":")
             kind, rank = head.split("@")
-            after = 0
+            after, us = 0, 0
             for opt in opts:
                 key, value = opt.split("=")
-                if key != "after":
+                if key == "after":
+                    after = int(value)
+                elif key == "us" and kind == "slow":
+                    us = int(value)
+                else:
                     raise ValueError(key)
-                after = int(value)
-            if kind not in ("corrupt", "die", "hang"):
+            if kind not in ("corrupt", "die", "hang", "slow") or (kind == "slow" and us <= 0):
                 raise ValueError(kind)
-            faults.append(Fault(kind, int(rank), after))
+            faults.append(Fault(kind, int(rank), after, us))
         except ValueError:
-            raise UsageError(f"{ENV}='{spec}': expected KIND@RANK[:after=N] with KIND corrupt, die or hang") from None
+            raise UsageError(f"{ENV}='{spec}': expected KIND@RANK[:after=N] with KIND corrupt, die or hang, "
+                             "or slow@RANK:us=N") from None
     return faults
 
 
@@ -107,7 +114,7 @@ class FaultPoint:
     """Called by the driver before every operation call: dies or hangs there when asked to."""
 
     def __init__(self, rank: int, env=None):
-        self._faults = [f for f in faults_for(rank, env) if f.kind in ("die", "hang")]
+        self._faults = [f for f in faults_for(rank, env) if f.kind in ("die", "hang", "slow")]
         self._calls = 0
 
     def __call__(self) -> None:
@@ -115,6 +122,9 @@ class FaultPoint:
             return
         for f in self._faults:
             if self._calls >= f.after:
+                if f.kind == "slow":
+                    time.sleep(f.us / 1e6)
+                    continue
                 if f.kind == "die":
                     os.kill(os.getpid(), signal.SIGKILL)
                 deadline = time.monotonic() + 3600  # bounded: a forgotten hung rank still ends

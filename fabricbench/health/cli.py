@@ -195,11 +195,16 @@ def run_cmd(
     collective_size: str = typer.Option("64M", "--collective-size", help="Message size of the collectives "
                                         "(judged against the topology from 256M, or when one operation takes >= 10 ms "
                                         "at the expected busbw)."),
+    verify_tuning: Optional[List[str]] = typer.Option(None, "--verify-tuning", help="After the sweep, within the "
+                                                      "budget: 'fabricbench tune verify DIR' (repeatable); outcome in "
+                                                      "the history, the .prom file and the report."),
+    verify_pairs: int = typer.Option(3, "--verify-pairs", help="Interleaved default/tuned pairs per --verify-tuning."),
 ) -> None:
     """A health sweep within a time budget: plan, sweep, collectives over subsets, analyze, history, states,
     drain/resume, metrics.
 
-    Exit codes: 0 healthy, 1 a component is suspect/regressed/flapping, 2 bad input, 3 inconclusive (no baseline yet)."""
+    Exit codes: 0 healthy, 1 a component is regressed/flapping/failed, 2 bad input, 3 inconclusive (no baseline
+    yet, a suspect reading, or a --verify-tuning that could not run), 4 a --verify-tuning gain is gone."""
     from fabricbench.engine.sizes import parse_size
     from fabricbench.health import runner, states
     from fabricbench.slurm.templates import expand_nodes
@@ -219,12 +224,18 @@ def run_cmd(
         raise UsageError(f"--confirm {confirm!r}: k/m with 1 <= k <= m, e.g. 2/3")
     if not 0 < drop < 1:
         raise UsageError(f"--drop must be in (0, 1), got {drop}")
+    for d in verify_tuning or []:
+        if not (Path(d) / "tuning.json").is_file():
+            raise UsageError(f"--verify-tuning {d}: not a tuning directory (no tuning.json); run 'fabricbench tune' first")
+    if verify_pairs < 2:
+        raise UsageError("--verify-pairs must be at least 2: an interval needs two pairs")
     opts = runner.RunOptions(nodes=names, budget_s=_seconds(budget), history=history, local=local, topology=topology,
                              gpus_per_node=gpus_per_node, sizes=(minbytes, maxbytes), iters=iters, warmup=warmup,
                              partition=partition, per_rail=per_rail, hca=hca, textfile=textfile, drain=drain, dry_run=dry_run,
                              confirm_k=int(m.group(1)), confirm_m=int(m.group(2)), round_s=round_seconds,
                              overhead_s=fixed_seconds, out=out, params=states.Params(drop=drop), echo=typer.echo,
-                             collectives=collectives, collective_size=collective_size)
+                             collectives=collectives, collective_size=collective_size,
+                             verify_tuning=list(verify_tuning or []), verify_pairs=verify_pairs)
     raise typer.Exit(runner.run(opts))
 
 

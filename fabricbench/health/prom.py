@@ -15,6 +15,10 @@ Metrics (labels):
 - fabricbench_health_pair_bandwidth_bytes_per_second{src, dst} - only pairs that are not ok (bounded cardinality)
 - fabricbench_health_component_state{component, kind, node, metric, state} - 1 for the component's current state
 - fabricbench_health_node_check{node, check} - 1 pass/warn, 0 fail (unknown is absent, never 1)
+- fabricbench_health_tuning_gain_holds{tuning} - `--verify-tuning`: 1 every claimed gain held, 0 one is gone
+  (absent when it could not be verified)
+- fabricbench_health_tuning_speedup_ratio{tuning, op, size_bytes, bound} - default/tuned time now, bound =
+  estimate | ci_low | ci_high (95% interval)
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ FILE_NAME = "fabricbench_health.prom"
 STATES = ("new", "ok", "suspect", "regressed", "flapping", "recovered", "failed")
 
 
-def write(directory, states: pd.DataFrame, latest: pd.DataFrame, finished_ts: float, duration_s: float) -> Path:
+def write(directory, states: pd.DataFrame, latest: pd.DataFrame, finished_ts: float, duration_s: float,
+          tunings: list[dict] | None = None) -> Path:
     """`states`: states.compute output; `latest`: the measurements of the run just done."""
     from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
@@ -70,6 +75,20 @@ def write(directory, states: pd.DataFrame, latest: pd.DataFrame, finished_ts: fl
         for r in shown.itertuples(index=False):
             node = r.node if isinstance(r.node, str) else ""  # uplinks, collectives: no node (NaN in the frame)
             state.labels(r.component, r.component_kind, node, r.metric, r.state).set(1)
+    if tunings:
+        holds = Gauge("fabricbench_health_tuning_gain_holds", "1 if every gain a fabricbench tune directory claims "
+                      "still held in the last health run, 0 if one is gone.", ["tuning"], registry=reg)
+        ratio = Gauge("fabricbench_health_tuning_speedup_ratio", "Speed-up default/tuned measured by the last "
+                      "health run's tune verify, with its 95% interval bounds.",
+                      ["tuning", "op", "size_bytes", "bound"], registry=reg)
+        for t in tunings:
+            name = Path(t["tuning"]).name
+            if t["status"] in ("held", "gone"):
+                holds.labels(name).set(1 if t["status"] == "held" else 0)
+            for c in t["checks"]:
+                for bound, key in (("estimate", "speedup"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
+                    if c[key] is not None and c[key] == c[key] and abs(c[key]) != float("inf"):
+                        ratio.labels(name, c["op"], str(c["size_bytes"]), bound).set(c[key])
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     path = out / FILE_NAME

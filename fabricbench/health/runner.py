@@ -52,6 +52,9 @@ class RunOptions:
     collectives: bool | None = None  # None: when the budget allows after the sweep; True: reserve time for them
     collective_size: str = coll.DEFAULT_SIZE
     params: states.Params = field(default_factory=states.Params)
+    verify_tuning: list[str] = field(default_factory=list)  # tuning directories to `tune verify` after the sweep
+    verify_pairs: int = 3
+    verify_fn: object = None  # tests: stands in for fabricbench.tune.verify.verify
     echo: object = print
 
 
@@ -194,6 +197,9 @@ def run(opts: RunOptions) -> int:
         echo(shell_line(argv))
         for s in cplan.subsets if cplan else []:
             echo(shell_line(coll.argv_for(s, launch, out / "collectives" / s.dirname, opts.budget_s)))
+        for d in opts.verify_tuning:
+            echo(shell_line([sys.executable, "-m", "fabricbench", "tune", "verify", d, "--confirm-pairs",
+                             str(opts.verify_pairs)]) + "   # after the sweep, if the budget allows")
         return 0
     t_sweep = time.time()
     try:
@@ -231,6 +237,13 @@ def run(opts: RunOptions) -> int:
     actions = _lifecycle(opts, st, con, nodes, retest, run_id, apply)
     if reservation:
         _scontrol(["scontrol", "delete", f"ReservationName={reservation}"], echo, apply)
+    tunings = []
+    if opts.verify_tuning:
+        from fabricbench.health import tuning
+
+        tunings = tuning.verify_tunings(opts.verify_tuning, opts.budget_s - (time.time() - t_start),
+                                        opts.verify_pairs, echo, opts.verify_fn)
+        hist.append_measurements(directory, run_id, "tuning", tuning.history_rows(tunings, run_id, ts))
     spent = time.time() - t_start
     meta = {"run_id": run_id, "run_ts": ts.isoformat(), "kind": "sweep", "nodes": nodes, "plan": {
         "pattern": plan.pattern, "partners": plan.partners, "seed": plan.seed, "pairs": len(plan.pairs),
@@ -241,12 +254,13 @@ def run(opts: RunOptions) -> int:
             opts.collectives], "est_s": cplan.est_s if cplan else 0.0, "spent_s": coll_s,
             "planned": [s.name for s in cplan.subsets] if cplan else [],
             "left_out": [s.name for s in cplan.left_out] if cplan else [],
-            "results": [r.as_dict() for r in cresults]}}
+            "results": [r.as_dict() for r in cresults]},
+        "verify_tuning": tunings}
     hist.write_run(directory, run_id, meta)
     if opts.textfile:
         from fabricbench.health import prom
 
-        prom.write(opts.textfile, st, pd.DataFrame(data + crows), time.time(), spent)
+        prom.write(opts.textfile, st, pd.DataFrame(data + crows), time.time(), spent, tunings)
     bad = st[~st["state"].isin(["ok", "new"])] if not st.empty else st
     for line in coll.summary_lines(cresults):
         echo(line)
@@ -260,7 +274,18 @@ def run(opts: RunOptions) -> int:
         echo(line)
     for a in actions:
         echo(f"{a['action']:12s} {a['node']}: {a['why']}")
-    return report.exit_code_of(st, runs=1)
+    code = report.exit_code_of(st, runs=1)
+    if tunings:
+        from fabricbench.health import tuning
+
+        for t in tunings:
+            echo(f"tuning {t['tuning']}: {t['status']}" + (f" ({t['why']})" if t["why"] else ""))
+        new = tuning.exit_code(code, tunings)
+        if new != code:
+            echo(f"exit {new}: " + ("a tuning's claimed gain is gone (re-run fabricbench tune)" if new == tuning.GONE_EXIT
+                                    else "a tuning could not be verified"))
+        code = new
+    return code
 
 
 def _analyze(out: Path, fabric) -> tuple[list[dict], str]:

@@ -74,6 +74,14 @@ def sweep_script(sub: Submission, step_timeout_s: float, retest: bool, per_rail:
     return render(load_template("rail-sweep" if per_rail else "pairwise"), values)
 
 
+def tune_script(sub: Submission, tune_args: Sequence[str]) -> str:
+    """The tuning driver on the batch host; its --launcher is srun (one step per candidate run)."""
+    values = sub.common()
+    launcher = ["srun", "--kill-on-bad-exit=1", *sub._srun_args()]
+    values["COMMAND"] = sub.fb("tune", *tune_args, "--launcher", shell_words(launcher), "--out", str(sub.out))
+    return render(load_template("tune"), values)
+
+
 def run_args_from(params: dict, values: dict, skip: Sequence[str] = ()) -> list[str]:
     """The `fabricbench run` words for option values that differ from their defaults (ops first)."""
     words: list[str] = []

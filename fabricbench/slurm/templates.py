@@ -23,8 +23,8 @@ from pathlib import Path
 
 from fabricbench.errors import UsageError
 
-TEMPLATE_ENV = "FABRICBENCH_SLURM_TEMPLATES"  # a directory with run.sbatch, pairwise.sbatch, rail-sweep.sbatch
-TEMPLATES = ("run", "pairwise", "rail-sweep")
+TEMPLATE_ENV = "FABRICBENCH_SLURM_TEMPLATES"  # a directory with run.sbatch, pairwise.sbatch, rail-sweep.sbatch, tune.sbatch
+TEMPLATES = ("run", "pairwise", "rail-sweep", "tune")
 
 # Slurm's rules, a little stricter than slurmctld (which also accepts some characters that break tools):
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a host name as in NodeName

@@ -19,14 +19,15 @@ def parse_duration(text: str) -> float:
 
 
 def _inject_map(items: list[str]) -> dict[str, str]:
+    """CANDIDATE=FAULT; candidate names hold '=' and so may the fault (slow@0:us=N): the fault is the part
+    after the last '=' that is followed by KIND@."""
     out = {}
     for item in items or []:
-        name, sep, spec = item.partition("=")
-        if not sep or not spec:
-            raise UsageError(f"--inject-candidate '{item}': expected CANDIDATE=KIND@RANK (e.g. allreduce=ring=corrupt@1 "
-                             "is ambiguous: the last '=' part is the fault)")
-        name, _, spec = item.rpartition("=")
-        out[name] = spec
+        m = re.fullmatch(r"(.+)=((?:corrupt|die|hang|slow)@.+)", item)
+        if not m:
+            raise UsageError(f"--inject-candidate '{item}': expected CANDIDATE=KIND@RANK[:...] (e.g. "
+                             "allreduce=ring=corrupt@1 or default=slow@0:us=20000)")
+        out[m.group(1)] = m.group(2)
     return out
 
 
@@ -61,6 +62,28 @@ def register(app: typer.Typer) -> None:
         only: str = typer.Option(None, "--only", help="Try only these candidates (comma-separated names as the "
                                  "plan prints them, e.g. allreduce=ring,allreduce=rabenseifner)."),
         plan: bool = typer.Option(False, "--plan", help="Measure the defaults once, print the plan and its cost, stop."),
+        resources: bool = typer.Option(True, "--resources/--no-resources", help="The resource stage: coordinate "
+                                       "descent over ordered resource knobs (NCCL channels, buffer size, threads, "
+                                       "QPs, p2p chunk; Open MPI segment size) inside each winning subspace."),
+        submit: bool = typer.Option(False, "--submit", help="Run the whole tuning as one Slurm batch job: the "
+                                    "driver on the batch host, every candidate an srun step on the allocation."),
+        nodes: int = typer.Option(None, "--nodes", help="With --submit: nodes to allocate.", show_default=False),
+        nodelist: str = typer.Option(None, "--nodelist", help="With --submit: exactly these nodes (Slurm host list).",
+                                     show_default=False),
+        ntasks_per_node: int = typer.Option(None, "--ntasks-per-node", help="With --submit: ranks per node "
+                                            "[default: --gpus-per-node, or 1].", show_default=False),
+        gpus_per_node: int = typer.Option(None, "--gpus-per-node", help="With --submit: GPUs per node.",
+                                          show_default=False),
+        partition: str = typer.Option(None, "--partition", "-p", help="With --submit: Slurm partition.",
+                                      show_default=False),
+        account: str = typer.Option(None, "--account", "-A", help="With --submit: Slurm account.", show_default=False),
+        time_limit: str = typer.Option(None, "--time", "-t", help="With --submit: job time limit [default: the "
+                                       "budget + 25% + 5 min].", show_default=False),
+        srun_mpi: str = typer.Option(None, "--srun-mpi", help="With --submit: srun --mpi plugin [default: pmix "
+                                     "for --backend mpi].", show_default=False),
+        poll: float = typer.Option(2.0, "--poll", help="With --submit: seconds between job-state checks."),
+        no_wait: bool = typer.Option(False, "--no-wait", help="With --submit: print the job id and return."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="With --submit: print the batch script, submit nothing."),
         inject: list[str] = typer.Option(None, "--inject-candidate", hidden=True,
                                          help="Self-test: CANDIDATE=FAULT sets FABRICBENCH_INJECT in that candidate's runs."),
     ) -> None:
@@ -99,6 +122,26 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--confirm-pairs must be at least 2: an interval needs two pairs")
         if nprocs is not None and launcher:
             raise UsageError("--nprocs starts local ranks; with --launcher the launcher decides the ranks; use one")
+        slurm_given = [n for n, v in (("--nodes", nodes), ("--nodelist", nodelist), ("--partition", partition),
+                                      ("--ntasks-per-node", ntasks_per_node), ("--time", time_limit)) if v is not None]
+        if submit:
+            if launcher or nprocs is not None:
+                raise UsageError("--submit starts the candidates with srun inside the job; drop --launcher/--nprocs")
+            if not (poll > 0 and poll == poll):
+                raise UsageError(f"--poll must be positive, got {poll}")
+            from datetime import datetime as _dt
+
+            from fabricbench.tune.submit import inner_args, submit_tune
+
+            out_dir = Path(out) if out else Path("tuning") / _dt.now().strftime("%Y%m%d-%H%M%S")
+            words = inner_args(ops, backend, minbytes, maxbytes, stepfactor, iters, warmup, budget, exhaustive,
+                               repeats, confirm_pairs, timeout, nccl_version, only, plan, resources, inject)
+            raise typer.Exit(submit_tune(words, out_dir, parse_duration(budget), backend, nodes, nodelist,
+                                         ntasks_per_node, gpus_per_node, partition, account, time_limit, srun_mpi,
+                                         poll, not no_wait, dry_run, typer.echo))
+        if slurm_given:
+            raise UsageError(f"{', '.join(slurm_given)}: Slurm options of --submit; add --submit, or use "
+                             "--launcher 'srun ...' inside an allocation")
         if backend == "nccl" and nccl_version is None:
             nccl_version = _torch_nccl_version()
         from datetime import datetime
@@ -110,6 +153,7 @@ def register(app: typer.Typer) -> None:
                        inject=_inject_map(inject))
         opts = TuneOptions(spec=spec, out=out_dir, budget_s=parse_duration(budget), exhaustive=exhaustive,
                            repeats=repeats, confirm_pairs=confirm_pairs, nccl_version=nccl_version, plan_only=plan,
+                           resources=resources,
                            only=[x.strip() for x in only.split(",") if x.strip()] if only else None)
         try:
             run_tune(opts, typer.echo)

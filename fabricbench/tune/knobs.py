@@ -38,6 +38,7 @@ class Knob:
     debug_only: bool = True  # NCCL's docs list it under "Debugging": never kept in production scripts
     kind: str = "resource"  # resource (unimodal, coordinate descent) | system (a fabric choice, tried as is)
     note: str = ""
+    default: object = None  # the library's default value (None: the library decides, e.g. channels by topology)
 
     @property
     def env(self) -> str:
@@ -76,11 +77,13 @@ NCCL_KNOBS: tuple[Knob, ...] = (
     Knob("MAX_NCHANNELS", (2, 4, 8, 16, 32), V("2.0"), None, note="deprecated in 2.17 for MAX_CTAS"),
     Knob("MIN_CTAS", (2, 4, 8, 16, 32), V("2.17"), note="<= 64"),
     Knob("MAX_CTAS", (2, 4, 8, 16, 32, 64), V("2.17"), note="<= 64"),
-    Knob("BUFFSIZE", (1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20), V("2.0"), note="default 4 MiB"),
-    Knob("NTHREADS", (64, 128, 256, 512), V("2.0"), note="64-512"),
-    Knob("IB_QPS_PER_CONNECTION", (1, 2, 4, 8), V("2.0"), note="1-128, default 1"),
+    Knob("BUFFSIZE", (1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20), V("2.0"), note="default 4 MiB",
+         default=4 << 20),
+    Knob("NTHREADS", (64, 128, 256, 512), V("2.0"), note="64-512; default 512 on current GPUs", default=512),
+    Knob("IB_QPS_PER_CONNECTION", (1, 2, 4, 8), V("2.0"), note="1-128, default 1", default=1),
     Knob("IB_SPLIT_DATA_ON_QPS", (0, 1), V("2.18"), kind="system"),
-    Knob("P2P_NET_CHUNKSIZE", (128 << 10, 256 << 10, 512 << 10, 1 << 20), V("2.14"), note="default 128 KiB"),
+    Knob("P2P_NET_CHUNKSIZE", (128 << 10, 256 << 10, 512 << 10, 1 << 20), V("2.14"), note="default 128 KiB",
+         default=128 << 10),
     Knob("NET_GDR_LEVEL", ("LOC", "PIX", "PXB", "PHB", "SYS"), V("2.0"), kind="system"),
     Knob("CROSS_NIC", (0, 1, 2), V("2.0"), debug_only=False, kind="system",
          note="system configuration in NCCL's docs (default 2)"),
@@ -94,6 +97,53 @@ def nccl_knobs(version=None) -> list[Knob]:
     new_channels = v is None or v >= V("2.17")
     old = {"MIN_NCHANNELS", "MAX_NCHANNELS"}
     return [k for k in NCCL_KNOBS if k.read_by(v) and not (new_channels and k.name in old)]
+
+
+@dataclass(frozen=True)
+class ResourceAxis:
+    """One ordered resource knob the resource stage walks (coordinate descent, unimodal along `values`).
+
+    `envs` are the variables set to the value (channels: MIN and MAX together, so NCCL uses exactly that many);
+    `default` is where the walk starts and means "not set" (None: the library decides, the walk probes the
+    middle first). `written`: where a confirmed value can go in production: 'tuner-config' (the channels column
+    of nccl_tuner.conf), 'rules-file' (Open MPI's segment size), or '' (debug-only environment variable: measured
+    and recorded, never written to nccl.env)."""
+
+    name: str
+    envs: tuple[str, ...]
+    values: tuple
+    default: object = None
+    debug_only: bool = True
+    written: str = ""
+    knobs: tuple[str, ...] = ()
+
+    def env_for(self, value) -> dict[str, str]:
+        if value is None or value == self.default:
+            return {}
+        return {e: str(value) for e in self.envs}
+
+
+# NCCL resource knobs in the order the stage walks them: channels first (they matter most and are the one
+# resource a tuner config can set in production), then buffers, threads, QPs, the p2p chunk size.
+_AXIS_OF = {"BUFFSIZE": "buffsize", "NTHREADS": "nthreads", "IB_QPS_PER_CONNECTION": "qps",
+            "P2P_NET_CHUNKSIZE": "p2p_chunk"}
+CHANNEL_VALUES = (2, 4, 8, 16, 32)
+
+
+def nccl_resource_axes(version=None) -> list[ResourceAxis]:
+    """The resource axes this NCCL version reads: channels through MIN/MAX_CTAS from 2.17 (MIN/MAX_NCHANNELS
+    before), then every resource knob of NCCL_KNOBS this version reads."""
+    readable = {k.name: k for k in nccl_knobs(version)}
+    axes = []
+    pair = ("MIN_CTAS", "MAX_CTAS") if "MAX_CTAS" in readable else ("MIN_NCHANNELS", "MAX_NCHANNELS")
+    if all(p in readable for p in pair):
+        axes.append(ResourceAxis("channels", tuple("NCCL_" + p for p in pair), CHANNEL_VALUES, None,
+                                 all(readable[p].debug_only for p in pair), "tuner-config", pair))
+    for name, axis in _AXIS_OF.items():
+        knob = readable.get(name)
+        if knob is not None and knob.kind == "resource":
+            axes.append(ResourceAxis(axis, (knob.env,), knob.values, knob.default, knob.debug_only, "", (name,)))
+    return axes
 
 
 def nccl_algos(op: str, version=None) -> tuple[str, ...]:
@@ -140,7 +190,10 @@ OMPI_COLLS: dict[str, OmpiColl] = {
 }
 # Algorithms that only work on some communicator sizes (Open MPI falls back or errors otherwise).
 TWO_PROC_ONLY = "two_proc"
-OMPI_SEGSIZES = (0, 8 << 10, 32 << 10, 128 << 10)  # bytes; 0 = no segmentation
+# Segment sizes in bytes, ordered by size for the walk: 0 (Open MPI's default, no segmentation) is one segment
+# as large as the message, so it comes last; the walk starts there and steps down.
+OMPI_SEGSIZES = (8 << 10, 32 << 10, 128 << 10, 512 << 10, 0)
+OMPI_SEGSIZE_AXIS = ResourceAxis("segsize", (), OMPI_SEGSIZES, 0, debug_only=False, written="rules-file")
 
 
 def ompi_algorithms(op: str, nranks: int) -> dict[int, str]:

@@ -198,6 +198,21 @@ def tuning_env(directory: Path) -> dict[str, str]:
     return env
 
 
+def _debug_only_not_written(results) -> list[dict]:
+    """Resource values the search chose that NCCL documents as debug-only: recorded here and in the report,
+    never written to nccl.env and not part of the confirmed (written) configuration."""
+    out = []
+    for r in results:
+        axes = getattr(r.space, "resource_axes", {})
+        for d in r.decisions:
+            for name, value in d.resources.items():
+                axis = axes.get(name)
+                if axis is not None and axis.debug_only and not axis.written and r.space.backend == "nccl":
+                    out.append({"op": d.op, "size_bytes": d.size_bytes, "choice": d.choice, "knob": name,
+                                "env": {e: str(value) for e in axis.envs}})
+    return out
+
+
 # -- writing everything -----------------------------------------------------------------------------------------
 def measurements_frame(results) -> pd.DataFrame:
     """Every sample of every op (results: objects with .op and .ledger.samples, or (op, [Sample]) pairs)."""
@@ -269,7 +284,10 @@ def write_outputs(opts, results, context: dict, echo) -> None:
         "mode": "exhaustive" if opts.exhaustive else "halving",
         "provenance": prov,
         "ops": [{"op": r.op, "runs": r.runs, "elapsed_s": r.elapsed_s, "rejected": r.ledger.rejected,
-                 "candidates": [c.name for c in r.space.implementations]} for r in results],
+                 "candidates": [c.name for c in r.space.implementations],
+                 "resource_stage": r.context.get("resource_stage", [])} for r in results],
+        "resources": getattr(opts, "resources", True),
+        "debug_only_not_written": _debug_only_not_written(results),
         "decisions": [d.as_dict() for d in decisions],
     }
     atomic_write_json(out / JSON_FILE, summary)

@@ -43,6 +43,25 @@ def render_md(summary: dict, results) -> str:
     rejected = [(o["op"], name, why) for o in summary["ops"] for name, why in o["rejected"].items()]
     out += ["", "## Rejected candidates", ""]
     out += [f"- {op} {name}: {why}" for op, name, why in rejected] or ["- none"]
+    walks = [(o["op"], w) for o in summary["ops"] for w in o.get("resource_stage", [])]
+    out += ["", "## Resource stage (coordinate descent)", ""]
+    if not summary.get("resources", True):
+        out += ["- off (--no-resources)"]
+    elif not walks:
+        out += ["- nothing walked (no subspace with resource knobs won a size, or --exhaustive)"]
+    for op, w in walks:
+        trail = ", ".join(f"{s['axis']}={s['value']}: {_fmt(s['cost_us'], '.1f')} µs{' (kept)' if s['accepted'] else ''}"
+                          for s in w["steps"])
+        debug = [a for a, info in w["axes"].items() if info.get("debug_only") and not info.get("written")]
+        out.append(f"- {op} {w['group']} (sizes {', '.join(map(str, w['sizes']))}; noise {100 * w['noise']:.1f}%): "
+                   f"from {w['base']} {_fmt(w['start_cost_us'], '.1f')} µs to {w['chosen']} {_fmt(w['best_cost_us'], '.1f')} µs "
+                   f"({_fmt(w['single_run_gain'])}x in single runs) in {w['runs']} run(s)"
+                   + (f"; stopped early: {w['stopped']}" if w["stopped"] else "")
+                   + (f"; steps: {trail}" if trail else "")
+                   + (f"; debug-only in NCCL's docs (recorded, never written to nccl.env): {', '.join(debug)}" if debug else ""))
+    for x in summary.get("debug_only_not_written", []):
+        out.append(f"- not written (debug-only): {x['op']} {x['size_bytes']} B {' '.join(f'{k}={v}' for k, v in x['env'].items())}"
+                   " -- the confirmed speed-up above is of the written configuration, without it")
     if not any(d["kept"] and d["effective"] != "default" for d in summary["decisions"]):
         out += ["", "No significant gain: the written configuration keeps the library's defaults."]
     return "\n".join(out) + "\n"

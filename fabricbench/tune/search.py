@@ -188,3 +188,112 @@ def coordinate_descent(start: dict[str, object], axes: dict[str, list], cost: Ca
                     else:
                         break
     return point, best, len(cache)
+
+
+@dataclass
+class WalkStep:
+    """One evaluation of the resource stage: which knob, which value, its cost and whether the walk moved."""
+
+    axis: str
+    value: object
+    cost: float  # inf: failed or not measured
+    accepted: bool
+    note: str = ""
+
+
+@dataclass
+class WalkResult:
+    point: dict
+    cost: float
+    start_cost: float
+    evaluations: int
+    steps: list[WalkStep] = field(default_factory=list)
+    stopped: str = ""  # why the walk ended early ("budget", "max evaluations"), '' when it converged
+
+
+def unimodal_descent(start: dict[str, object], axes: dict[str, list], cost: Callable[[dict], float | None],
+                     noise: float = 0.02, max_evals: int = 50, may_continue: Callable[[], bool] | None = None,
+                     passes: int = 2) -> WalkResult:
+    """Coordinate descent over ordered resource knobs that behave unimodally (AutoCCL's observation).
+
+    One knob at a time, starting from its default (`start`; None = the library chooses, i.e. the knob is not
+    set): walk one step up; while a step lowers the cost by more than `noise` (relative) below the best so far,
+    keep walking that way; stop at the first step that does not. Only when the first step up did not improve is
+    the other direction tried. A knob whose start is None (the library's own choice, not a point on the axis)
+    is probed at the middle of its values first and walked from there only if that beats the library's choice.
+    Evaluations are cached; a failed point (cost None) is never chosen and ends the walk in that direction.
+    `may_continue()` is asked before every new evaluation (the budget): False ends the walk where it stands.
+    Returns the best point, its cost, the starting cost and every step."""
+    cache: dict[tuple, float] = {}
+    steps: list[WalkStep] = []
+    state = {"stopped": "", "fresh": False}
+
+    def record(step: WalkStep) -> None:
+        if state["fresh"]:  # a cached point (seen in an earlier pass) is not a new run
+            steps.append(step)
+
+    def key(point: dict) -> tuple:
+        return tuple(sorted(point.items(), key=lambda kv: kv[0]))
+
+    def evaluate(point: dict) -> float | None:
+        k = key(point)
+        state["fresh"] = k not in cache
+        if k in cache:
+            return cache[k]
+        if len(cache) >= max_evals:
+            state["stopped"] = state["stopped"] or "max evaluations"
+            return None
+        if may_continue is not None and cache and not may_continue():
+            state["stopped"] = state["stopped"] or "budget"
+            return None
+        value = cost(dict(point))
+        cache[k] = math.inf if value is None else float(value)
+        return cache[k]
+
+    def better(value: float, best: float) -> bool:
+        return value < best * (1.0 - noise)
+
+    point = dict(start)
+    best = evaluate(point)
+    if best is None or not math.isfinite(best):
+        return WalkResult(point, math.inf, math.inf, len(cache), steps, "the starting point failed")
+    start_cost = best
+    for _ in range(max(1, passes)):
+        moved = False
+        for axis, values in axes.items():
+            if state["stopped"]:
+                break
+            current = point.get(axis)
+            if current is None or current not in values:
+                mid = values[(len(values) - 1) // 2]
+                trial = dict(point, **{axis: mid})
+                value = evaluate(trial)
+                if value is None:
+                    break
+                ok = better(value, best)
+                record(WalkStep(axis, mid, value, ok, "probe from the library's choice"))
+                if not ok:
+                    continue
+                best, point, moved = value, trial, True
+                directions = (+1, -1)
+            else:
+                directions = (+1, -1)
+            i = values.index(point[axis])
+            for step in directions:
+                j, walked = i + step, False
+                while 0 <= j < len(values):
+                    trial = dict(point, **{axis: values[j]})
+                    value = evaluate(trial)
+                    if value is None:
+                        break
+                    ok = better(value, best)
+                    record(WalkStep(axis, values[j], value, ok))
+                    if not ok:
+                        break
+                    best, point, i, walked, moved = value, trial, j, True, True
+                    j += step
+                if walked or state["stopped"]:
+                    break  # unimodal: having improved going one way, the other way cannot improve
+        if not moved or state["stopped"]:
+            break
+    return WalkResult(point, best, start_cost, len(cache), steps, state["stopped"])

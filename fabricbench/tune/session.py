@@ -20,10 +20,10 @@ import numpy as np
 from fabricbench.errors import UsageError
 from fabricbench.tune.outputs import Decision, tuned_env_for, write_outputs
 from fabricbench.tune.runner import RunSpec, describe, run_with_retry
-from fabricbench.tune.search import (Candidate, DefaultFailed, Ledger, Sample, coordinate_descent, exhaustive,
-                                     per_size_best, successive_halving)
+from fabricbench.tune.search import (Candidate, DefaultFailed, Ledger, Sample, exhaustive, per_size_best,
+                                     successive_halving, unimodal_descent)
 from fabricbench.tune.space import DEFAULT, Space, build_space
-from fabricbench.tune.stats import ratio_ci
+from fabricbench.tune.stats import MIN_GAIN, ratio_ci
 
 Echo = Callable[[str], None]
 
@@ -41,6 +41,7 @@ class TuneOptions:
     nccl_version: str | None = None
     plan_only: bool = False
     only: list[str] | None = None  # restrict the implementation candidates to these names (the default always runs)
+    resources: bool = True  # the resource stage (coordinate descent over ordered resource knobs); --no-resources
 
 
 def make_space(opts: TuneOptions, op: str, nranks: int) -> Space:
@@ -52,6 +53,8 @@ def make_space(opts: TuneOptions, op: str, nranks: int) -> Space:
             raise UsageError(f"--only {','.join(unknown)}: not a candidate for {op}; choose from {', '.join(names[1:])}")
         space.implementations = [c for c in space.implementations if c.is_default or c.name in opts.only]
         space.axes = {g: a for g, a in space.axes.items() if any(c.group == g for c in space.implementations)}
+    if not opts.resources:
+        space.axes, space.start = {}, {}
     return space
 
 
@@ -66,16 +69,33 @@ class OpResult:
     context: dict = field(default_factory=dict)
 
 
-def estimate_runs(space: Space, opts: TuneOptions) -> int:
+def spec_sizes(spec: RunSpec) -> int:
+    from fabricbench.engine.sizes import parse_size, size_sweep
+
+    try:
+        return len(size_sweep(parse_size(spec.minbytes), parse_size(spec.maxbytes), spec.stepfactor))
+    except Exception:  # the run itself reports bad sizes; the estimate then assumes one
+        return 1
+
+
+def estimate_parts(space: Space, opts: TuneOptions, nsizes: int = 1) -> dict[str, int]:
+    """Runs per stage: 'search' (halving or exhaustive), 'resources' (the walk), 'confirm'."""
     n = len(space.implementations)
-    resource_points = sum(math.prod(len(v) for v in axes.values()) - 1 for axes in space.axes.values())
     confirm = 2 * opts.confirm_pairs
+    one_at_a_time = sum(len(v) - 1 for axes in space.axes.values() for v in axes.values())
     if opts.exhaustive:
-        return (n + resource_points) * opts.repeats + confirm
-    # halving: everything once, then at most half of what is left per round; a few descent steps per subspace
+        return {"search": (n + one_at_a_time) * opts.repeats, "resources": 0, "confirm": confirm}
+    # halving: everything once, then at most half of what is left per round
     halving = n + math.ceil(n / opts.eta) + math.ceil(n / opts.eta**2) + 2
-    descent = sum(min(len(v), 3) for axes in space.axes.values() for v in axes.values())
-    return halving + min(descent, resource_points) + confirm
+    # the walk runs inside the subspaces that win a size (at most one per size); per knob, a step each way
+    # when the default is best and up to 3 when it walks (the walk itself stops when the budget would not hold)
+    winners = sorted(space.axes.values(), key=lambda a: -sum(min(len(v) - 1, 3) for v in a.values()))
+    walk = sum(sum(min(len(v) - 1, 3) for v in axes.values()) for axes in winners[:max(1, min(nsizes, len(winners)))])
+    return {"search": halving, "resources": walk, "confirm": confirm}
+
+
+def estimate_runs(space: Space, opts: TuneOptions, nsizes: int = 1) -> int:
+    return sum(estimate_parts(space, opts, nsizes).values())
 
 
 class Tuner:
@@ -85,6 +105,10 @@ class Tuner:
         self._seq = 0
         self.context: dict = {}
         self.measured: dict[str, list[Sample]] = {}  # every run so far, saved after each (partial results kept)
+        self.t0 = time.monotonic()
+        self.per_run = 0.0  # seconds one run takes (the calibration run), for the budget guard
+        self._walks: dict[str, list[dict]] = {}  # op -> the resource stage's walks
+        self.reserved_runs = 0  # runs the rest of the session needs after the current stage (confirmation, later ops)
 
     # -- measuring --------------------------------------------------------------------------------------------
     def _measure(self, spec: RunSpec, op: str) -> Callable[[Candidate, int, str], Sample]:
@@ -129,28 +153,43 @@ class Tuner:
 
         if opts.exhaustive:
             cands = list(space.implementations)
-            for group, axes in space.axes.items():
+            for group, axes in space.axes.items():  # every value of each knob, one knob at a time
                 base = next(c for c in space.implementations if c.group == group)
-                for value in axes.get("segsize", axes.get("channels", [])):
-                    key = "segsize" if "segsize" in axes else "channels"
-                    if value != space.start[group][key]:
-                        cands.append(space.with_resources(base, {key: value}))
+                for key, values in axes.items():
+                    for value in values:
+                        if value != space.start[group][key]:
+                            cands.append(space.with_resources(base, {key: value}))
             exhaustive(cands, measure_after_baseline, opts.repeats, ledger)
         else:
             successive_halving(space.implementations, measure_after_baseline, ledger, eta=opts.eta,
                                drop_factor=opts.drop_factor)
-            self._descend(space, ledger, measure)
+            walks = self._resource_stage(space, ledger, measure) if space.axes else []
+            self._walks[op] = walks
         decisions = self._confirm(space, spec, ledger, measure)
-        return OpResult(op, space, ledger, decisions, time.monotonic() - t0, ledger.runs)
+        result = OpResult(op, space, ledger, decisions, time.monotonic() - t0, ledger.runs)
+        result.context["resource_stage"] = walks if not opts.exhaustive else []
+        return result
 
-    def _descend(self, space: Space, ledger: Ledger, measure) -> None:
-        """Coordinate descent over the resource knobs of each subspace that won some size."""
+    def budget_allows_one_more(self) -> bool:
+        """Another run now still leaves time for what the session must still do (confirmation, later ops)."""
+        if self.per_run <= 0:
+            return True
+        left = self.opts.budget_s - (time.monotonic() - self.t0)
+        return left >= self.per_run * (1 + self.reserved_runs)
+
+    def _resource_stage(self, space: Space, ledger: Ledger, measure) -> list[dict]:
+        """Coordinate descent over the ordered resource knobs of each subspace that won some size: one knob at
+        a time from its default, walking while a step is faster than the best so far by more than the noise
+        (cost = geometric mean time over the sizes that subspace won). Every point is a fresh-process run with
+        the data check; a point that fails is rejected and ends the walk that way. Returns one record per walk."""
         best = per_size_best(ledger, [n for n in ledger.survivors if n not in ledger.rejected])
+        walks = []
         for group, axes in space.axes.items():
             base = next(c for c in space.implementations if c.group == group)
-            sizes = [s for s, (name, _t) in best.items() if name == base.name]
+            sizes = sorted(s for s, (name, _t) in best.items() if name == base.name)
             if not sizes:
                 continue
+            noise = _noise(ledger, base.name, sizes)
 
             def cost(point, base=base, sizes=sizes):
                 cand = space.with_resources(base, point)
@@ -168,13 +207,36 @@ class Tuner:
                     return None
                 return float(np.exp(np.mean([np.log(med[s]) for s in sizes])))
 
-            coordinate_descent(space.start[group], axes, cost, max_evals=12)
+            self.echo(f"  resource stage in {group} (sizes {', '.join(map(str, sizes))}; noise {noise:.1%}): "
+                      + ", ".join(f"{a} {vals}" for a, vals in axes.items()))
+            walk = unimodal_descent(dict(space.start[group]), axes, cost, noise=noise, max_evals=40,
+                                    may_continue=self.budget_allows_one_more)
+            chosen = space.with_resources(base, walk.point)
+            gain = walk.start_cost / walk.cost if walk.cost and math.isfinite(walk.cost) else math.nan
+            self.echo(f"  resource stage in {group}: {chosen.name} after {walk.evaluations - 1} run(s), "
+                      f"{gain:.3f}x over {base.name} in single runs"
+                      + (f"; stopped early ({walk.stopped})" if walk.stopped else ""))
+            walks.append({
+                "group": group, "base": base.name, "sizes": sizes, "noise": noise, "chosen": chosen.name,
+                "point": walk.point, "start_cost_us": walk.start_cost, "best_cost_us": walk.cost,
+                "single_run_gain": gain, "runs": walk.evaluations - 1, "stopped": walk.stopped,
+                "steps": [{"axis": st.axis, "value": st.value, "cost_us": st.cost, "accepted": st.accepted,
+                           "note": st.note} for st in walk.steps],
+                "axes": {a: {"values": list(v), "default": space.start[group].get(a),
+                             "debug_only": space.resource_axes[a].debug_only if a in space.resource_axes else None,
+                             "written": space.resource_axes[a].written if a in space.resource_axes else "",
+                             "knobs": list(space.resource_axes[a].knobs) if a in space.resource_axes else []}
+                         for a, v in axes.items()}})
+        return walks
 
     # -- confirmation -----------------------------------------------------------------------------------------
     def _choices(self, space: Space, ledger: Ledger) -> dict[int, Candidate]:
         known = {c.name: c for c in space.implementations}
-        # survivors of the search, plus the points the descent measured (exhaustive: resource points survive too)
-        wanted = list(dict.fromkeys(ledger.survivors + [s.candidate for s in ledger.samples if s.phase == "descent"]))
+        # survivors of the search (exhaustive: resource points survive too); where the resource stage walked a
+        # subspace, the point it ended on stands for that subspace (not any point it passed: a step that was not
+        # better beyond the noise must not win on one lucky run)
+        walked = {w["base"]: w["chosen"] for w in self._walks.get(space.op, [])}
+        wanted = list(dict.fromkeys(walked.get(n, n) for n in ledger.survivors))
         by_name = {n: known[n] if n in known else self._rebuild(space, n) for n in wanted}
         names = [n for n in by_name if n not in ledger.rejected and ledger.ok_samples(n)]
         return {size: by_name[name] for size, (name, _t) in per_size_best(ledger, names).items()}
@@ -182,8 +244,11 @@ class Tuner:
     def _rebuild(self, space: Space, name: str) -> Candidate:
         for base in space.implementations:
             if name.startswith(base.name + ","):
-                key, value = name[len(base.name) + 1:].split("=")
-                return space.with_resources(base, {key: int(value)})
+                point = {}
+                for part in name[len(base.name) + 1:].split(","):
+                    key, value = part.split("=")
+                    point[key] = int(value)
+                return space.with_resources(base, point)
         raise KeyError(name)
 
     def _confirm(self, space: Space, spec: RunSpec, ledger: Ledger, measure) -> list[Decision]:
@@ -257,20 +322,36 @@ def run_tune(opts: TuneOptions, echo: Echo) -> list[OpResult]:
     tuner.context.update(nranks=nranks, nnodes=len(run_json.get("hosts") or [1]), run_json=run_json)
     per_run = baselines[first].wall_s
     spaces = {op: make_space(opts, op, nranks) for op in spec.ops}
-    planned = {op: estimate_runs(s, opts) for op, s in spaces.items()}
+    nsizes = spec_sizes(spec)
+    parts = {op: estimate_parts(s, opts, nsizes) for op, s in spaces.items()}
+    planned = {op: sum(p.values()) for op, p in parts.items()}
     total_runs = sum(planned.values())
     estimate = total_runs * per_run
-    mode = f"exhaustive ({opts.repeats} runs per candidate)" if opts.exhaustive else "successive halving + coordinate descent"
+    mode = f"exhaustive ({opts.repeats} runs per candidate)" if opts.exhaustive else (
+        "successive halving + resource stage (coordinate descent)" if opts.resources else
+        "successive halving (resource stage off: --no-resources)")
     echo(f"plan: {mode}; {', '.join(f'{op}: {len(spaces[op].implementations)} candidates, <= {planned[op]} runs' for op in spec.ops)}; "
          f"{opts.confirm_pairs} interleaved default/tuned pairs confirm each op")
-    echo(f"estimated cost: {total_runs} runs x {per_run:.1f} s = {estimate / 60:.1f} min (budget {opts.budget_s / 60:.1f} min)")
+    for op, sp in spaces.items():
+        if sp.axes and not opts.exhaustive:
+            knobs_ = sorted({a for axes in sp.axes.values() for a in axes})
+            debug = sorted(a for a in knobs_ if a in sp.resource_axes and sp.resource_axes[a].debug_only)
+            echo(f"resource stage ({op}): coordinate descent over {', '.join(knobs_)} inside each of the "
+                 f"{len(sp.axes)} subspaces that can win a size; about {parts[op]['resources']} runs "
+                 f"(x {per_run:.1f} s = {parts[op]['resources'] * per_run / 60:.1f} min), stopped early if the budget would not hold"
+                 + (f"; debug-only in NCCL's docs (measured and recorded, never written to nccl.env): {', '.join(debug)}"
+                    if debug else ""))
+    echo(f"estimated cost: {total_runs} runs x {per_run:.1f} s = {estimate / 60:.1f} min (budget {opts.budget_s / 60:.1f} min)"
+         + "; " + ", ".join(f"{k} {sum(p[k] for p in parts.values())}" for k in ("search", "resources", "confirm")))
     if estimate > opts.budget_s:
         raise UsageError(f"the plan needs about {estimate / 60:.1f} min, more than --budget {opts.budget_s / 60:.1f} min; "
                          "raise --budget, tune fewer ops or sizes, or lower --confirm-pairs")
     if opts.plan_only:
         return []
+    tuner.per_run = per_run
     results = []
-    for op in spec.ops:
+    for i, op in enumerate(spec.ops):
+        tuner.reserved_runs = 2 * opts.confirm_pairs + sum(planned[o] for o in spec.ops[i + 1:])
         if op not in baselines:
             baselines[op] = tuner._measure(RunSpec(**{**spec.__dict__, "ops": [op]}), op)(default, 0, "search")
         echo(f"{op}: searching {len(spaces[op].implementations)} candidates: "
@@ -281,6 +362,17 @@ def run_tune(opts: TuneOptions, echo: Echo) -> list[OpResult]:
             echo(f"  {op} {d.size_bytes:>10d} B: {d.choice:32s} {d.summary()}")
     write_outputs(opts, results, tuner.context, echo)
     return results
+
+
+def _noise(ledger: Ledger, name: str, sizes: list[int]) -> float:
+    """Relative run-to-run spread of a candidate over the given sizes (median over sizes of (max-min)/median of
+    its runs); at least MIN_GAIN, at most 25%. A resource step must beat the best so far by more than this."""
+    spreads = []
+    for size in sizes:
+        ts = [s.times_us[size] for s in ledger.ok_samples(name) if size in s.times_us]
+        if len(ts) >= 2 and np.median(ts) > 0:
+            spreads.append((max(ts) - min(ts)) / float(np.median(ts)))
+    return float(min(0.25, max(MIN_GAIN, np.median(spreads) if spreads else MIN_GAIN)))
 
 
 def _read_json(path: Path) -> dict:

@@ -17,12 +17,16 @@ from fabricbench.results.io import atomic_write_json, write_results
 from fabricbench.tune import ompi_rules
 
 # algorithm -> µs at 1 KiB, 64 KiB, 1 MiB. 0 = Open MPI's own decision (the default).
-TIMES = {0: (10.0, 200.0, 3000.0), 3: (5.0, 260.0, 4000.0), 4: (20.0, 210.0, 1500.0), 6: (15.0, 400.0, 2900.0)}
+TIMES = {0: (10.0, 200.0, 3000.0), 3: (5.0, 260.0, 4000.0), 4: (20.0, 210.0, 1500.0), 6: (15.0, 400.0, 2900.0),
+         5: (30.0, 450.0, 2000.0)}
+# segmented ring (5): time x this factor by segment size (unimodal, best at 32 KiB; 0 = no segmentation)
+SEGSIZE_FACTOR = {0: 1.0, 524288: 0.9, 131072: 0.7, 32768: 0.6, 8192: 0.8}
 SIZES = (1024, 65536, 1048576)
 # --backend nccl: (algorithm, protocol) -> µs; NCCL's default picks ring/simple. Channels (from the tuner config
 # or NCCL_MAX_CTAS) cost 5% per doubling away from 16; NCCL_CROSS_NIC=1 saves 30% everywhere.
 NCCL_TIMES = {("ring", "simple"): (10.0, 200.0, 3000.0), ("tree", "ll"): (5.0, 190.0, 3500.0),
               ("ring", "ll128"): (12.0, 150.0, 2900.0)}
+# NCCL_BUFFSIZE (debug-only) for ring/ll128: 8 MiB is 20% faster than the 4 MiB default, 16 MiB 10%
 
 
 def nccl_time(i: int, size: int) -> float:
@@ -39,7 +43,18 @@ def nccl_time(i: int, size: int) -> float:
             algo = (rule.algorithm, rule.protocol)
             channels = rule.channels if rule.channels > 0 else 16
     t = NCCL_TIMES.get(algo, NCCL_TIMES[("ring", "simple")])[i] * (1 + 0.05 * abs(math.log2(channels / 16)))
+    if algo == ("ring", "ll128"):
+        t *= {8 << 20: 0.8, 16 << 20: 0.9}.get(int(os.environ.get("NCCL_BUFFSIZE", 4 << 20)), 1.0)
     return t * (0.7 if os.environ.get("NCCL_CROSS_NIC") == "1" else 1.0)
+
+
+def segsize(size: int) -> int:
+    path = os.environ.get("OMPI_MCA_coll_tuned_dynamic_rules_filename")
+    if path:
+        rule = ompi_rules.lookup(ompi_rules.parse(Path(path).read_text()), 2, 4, size)
+        if rule and rule.algorithm:
+            return rule.segsize
+    return int(os.environ.get("OMPI_MCA_coll_tuned_allreduce_algorithm_segmentsize", "0"))
 
 
 def algorithm(size: int) -> int:
@@ -68,7 +83,10 @@ def main() -> int:
     rng = random.Random()
     rows = []
     for i, size in enumerate(SIZES):
-        base = nccl_time(i, size) if "nccl" in args else TIMES.get(algorithm(size), TIMES[0])[i]
+        alg = algorithm(size)
+        base = nccl_time(i, size) if "nccl" in args else TIMES.get(alg, TIMES[0])[i]
+        if "nccl" not in args and alg == 5:
+            base *= SEGSIZE_FACTOR.get(segsize(size), 1.0)
         t = base * (1 + 0.01 * rng.uniform(-1, 1))
         rows.append({"run_id": "fake", "row_kind": "op", "op": "all_reduce", "backend": "mpi", "nranks": 4,
                      "size_bytes": size, "time_us": t, "busbw_gbps": size / t / 1e3 * 1.5,
