@@ -98,3 +98,18 @@ def test_three_leaves_margin_read_on_a_t_tail():
     a 3-leaf fabric is not an uplink fault (the real lab's contended 2:1 sweep reads that way when healthy)."""
     assert tomography.student_t_sf(4.0, 1) > 0.07  # Cauchy: 6 leaf terms x 0.078 is far beyond any budget
     assert tomography.student_t_sf(4.0, 61) < 1e-4
+
+
+def test_noise_estimated_from_few_leaves_has_few_degrees_of_freedom():
+    """3 leaves: 6 leaf-to-leaf blocks, 5 fitted terms, one residual degree of freedom behind the spread, and two
+    other leaves behind the scatter: the margin must be read on a tail that heavy (Cauchy). 8 leaves that agree: many."""
+    def terms(nl, up, spread):
+        n = np.full(nl, nl - 1)
+        return tomography.LeafTerms(np.array(up, float), np.zeros(nl), n, n, np.full((2, nl), 500), spread,
+                                    nl * (nl - 1) - (2 * nl - 1))
+    three = terms(3, [0.02, -0.01, -0.12], 0.004)
+    d, sigma, _ = three.judge(2, "up")
+    assert d / sigma > 4 and three.scatter_dof(2, "up") < 2
+    assert 6 * tomography.student_t_sf(d / sigma, three.scatter_dof(2, "up")) > 0.01  # beyond the false-alarm budget
+    eight = terms(8, [0.0, 0.001, -0.001, 0.002, 0.0, -0.002, 0.001, -0.12], 0.004)
+    assert eight.scatter_dof(7, "up") > 20
