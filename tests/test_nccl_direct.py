@@ -156,3 +156,19 @@ def test_refused_in_one_line_without_cupy(tmp_path):
     res = run_cli("run", "all_reduce", "--backend", "nccl-direct", "-P", "1", "--out", str(tmp_path))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "cupy" in res.stderr.lower()
+
+
+def test_aggregated_iterations_are_one_nccl_group_as_in_nccl_tests(tmp_path):
+    """nccl-tests' common.cu: with -m > 1 each outer iteration's calls sit between ncclGroupStart and
+    ncclGroupEnd; -m 1 makes no group."""
+    b, lib = _backend()
+    cfg = RunConfig(ops=["all_reduce"], backend="nccl-direct", min_bytes=1024, max_bytes=1024, iters=3, warmup=0,
+                    check_iters=0, agg_iters=4, in_place=False, out_dir=str(tmp_path), run_id="t")
+    Driver(cfg, b, ranks()).run()
+    seq = [c[0] for c in lib.calls]
+    groups = [seq[i:i + 6] for i, c in enumerate(seq) if c == "groupStart"]
+    assert len(groups) >= 3 and all(g == ["groupStart"] + ["allReduce"] * 4 + ["groupEnd"] for g in groups[-3:])
+    lib.calls.clear()
+    cfg.agg_iters = 1
+    Driver(cfg, b, ranks()).run()
+    assert "groupStart" not in [c[0] for c in lib.calls]

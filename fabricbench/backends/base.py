@@ -7,6 +7,7 @@ on CPU, CUDA events on GPU).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -120,6 +121,11 @@ class Backend(ABC):
     def gpu_bus_id(self) -> str | None:
         """PCI bus id of this rank's GPU ('0000:1b:00.0'), for NUMA binding; None on CPU."""
         return None
+
+    def group(self):
+        """A context whose calls the library launches together (NCCL's ncclGroupStart/End), as nccl-tests does
+        around the -m aggregated calls of one iteration. Libraries without groups issue them back to back."""
+        return contextlib.nullcontext()
 
     def capture(self, fn):
         """Record `fn` (a loop of operation calls) once as a CUDA graph; return a callable that replays it."""

@@ -21,6 +21,7 @@ is a torch.distributed gloo group on the same rendezvous as the other torch back
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from typing import Any
 
@@ -226,6 +227,14 @@ class NcclDirectBackend(Backend):
 
     def recv(self, buf, src):
         self._lib.recv(buf, src)
+
+    @contextlib.contextmanager
+    def group(self):
+        self._lib.group_start()
+        try:
+            yield
+        finally:
+            self._lib.group_end()
 
     def send_window(self, buf, dst, n):
         self._lib.group_start()  # NCCL's non-blocking form: the window's sends in one group

@@ -7,6 +7,7 @@ bytes (fabricbench.backends).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -316,15 +317,18 @@ class Driver:
         return self.cfg.iters * self.cfg.agg_iters * max(1, self.cfg.graph_launches)
 
     def _outer_iteration(self, op: Op, call: Call) -> None:
-        """One of nccl-tests' outer iterations: -m calls back to back, each completed first with -z."""
+        """One of nccl-tests' outer iterations: -m calls in one library group (ncclGroupStart/End, as nccl-tests'
+        common.cu does when -m > 1), or, with -z, each completed before the next (no group: a call cannot
+        complete before its group ends)."""
         b, z = self.backend, self.cfg.blocking
-        for _ in range(self.cfg.agg_iters):
-            self._call(op, call)
-            if z:
-                op.finish(call)
-                b.synchronize()
-                if z == 1:
-                    b.barrier()
+        with b.group() if self.cfg.agg_iters > 1 and not z else contextlib.nullcontext():
+            for _ in range(self.cfg.agg_iters):
+                self._call(op, call)
+                if z:
+                    op.finish(call)
+                    b.synchronize()
+                    if z == 1:
+                        b.barrier()
 
     def _time_aggregate(self, op: Op, call: Call):
         """nccl-tests' default: iterations back to back, one sync at the end, wall clock around all of it.
