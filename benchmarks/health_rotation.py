@@ -1,5 +1,6 @@
 """How many nights `health run`'s plan needs until every pair was met (pairs of the last 90 runs count as met,
-as in fabricbench.health.runner), against the lower bound ceil((n-1)/K).
+as in fabricbench.health.runner), against the lower bound ceil(circle rounds / K) (ceil((n-1)/K) for even n):
+a night of K rounds covers n*K/2 of the n(n-1)/2 pairs.
 
     python benchmarks/health_rotation.py     # 16 nodes K=4, 64 nodes K=4, 256 nodes K=8
 """

@@ -203,10 +203,10 @@ def test_plan_and_dry_run_print_the_collectives(tmp_path):
     assert "collectives: off (--no-collectives)" in off.stdout and "fabricbench run all_reduce" not in off.stdout
     # auto: a budget the sweep fills leaves nothing for them; --collectives takes their time from the sweep
     auto = _cli("--local", "--nodes", "6", "--budget", "60s", "--history", str(tmp_path / "h"), "--dry-run")
-    assert "none fit the budget" in auto.stdout and "random-" in auto.stdout
+    assert "none fit the budget" in auto.stdout and "rotation-" in auto.stdout
     on = _cli("--local", "--nodes", "6", "--budget", "60s", "--history", str(tmp_path / "h"), "--dry-run",
               "--collectives")
-    assert "random-4" in auto.stdout and "random-2" in on.stdout, (auto.stdout, on.stdout)
+    assert "rotation-4" in auto.stdout and "rotation-2" in on.stdout, (auto.stdout, on.stdout)
     assert "over 1 subset(s) in 1 wave(s): all (6 nodes" in on.stdout
     bad = _cli("--local", "--nodes", "6", "--history", str(tmp_path / "h"), "--dry-run", "--collective-size", "1.5M")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

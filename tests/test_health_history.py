@@ -152,18 +152,22 @@ def test_plan_budget_and_rotation():
     p = plan_mod.make_plan(nodes, budget_s=200, round_s=10, overhead_s=20)
     assert p.pattern == "circle" and p.rounds == 15 and len(p.pairs) == 120
     small = plan_mod.make_plan(nodes, budget_s=60, round_s=10, overhead_s=20, gpus_per_node=8)
-    assert small.pattern == "random" and small.partners == 4 and small.est_wall_s == 60
+    assert small.pattern == "rotation" and small.partners == 4 and small.est_wall_s == 60
     assert small.gpu_hours == pytest.approx(16 * 8 * 60 / 3600)
-    # Rotation: nights until every pair was met, taking the pairs of the last 90 nights as recently met (as health run).
-    met_ever, recent, night = set(), [], 0
-    while len(met_ever) < 120 and night < 60:
-        p = plan_mod.make_plan(nodes, 60, 10, 20, recently_met=set().union(*recent[-90:]) if recent else set(), night=night)
-        pairs = {tuple(sorted(x)) for x in p.pairs}
-        met_ever |= pairs
-        recent.append(pairs)
-        night += 1
-    assert len(met_ever) == 120
-    assert night <= 3 * p.min_nights_all_pairs, night  # lower bound ceil(15/4) = 4 nights
+    # Exact rotation: any ceil(15/4) = 4 consecutive nights meet every pair, each night 4 new partners per node
+    for start in (0, 3, 11):
+        met = set()
+        for night in range(start, start + small.min_nights_all_pairs):
+            p = plan_mod.make_plan(nodes, 60, 10, 20, night=night)
+            pairs = {tuple(sorted(x)) for x in p.pairs}
+            assert len(pairs) == 4 * 8  # 4 rounds of 8 disjoint pairs, no pair twice in a night
+            assert all(sum(n in x for x in pairs) == 4 for n in nodes)
+            met |= pairs
+        assert len(met) == 120, (start, len(met))
+    assert small.min_nights_all_pairs == 4
+    odd = plan_mod.make_plan(nodes[:15], 60, 10, 20, night=0)  # 15 nodes: 15 rounds of 7 pairs (one sits out)
+    assert odd.min_nights_all_pairs == 4
+    assert len({tuple(sorted(x)) for n in range(4) for x in plan_mod.make_plan(nodes[:15], 60, 10, 20, night=n).pairs}) == 105
     with pytest.raises(Exception, match="does not fit one round"):
         plan_mod.make_plan(nodes, budget_s=25, round_s=10, overhead_s=20)
 

@@ -49,9 +49,9 @@ def test_run_dry_run_prints_plan_and_sweep_command(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "plan: 12 nodes, random-4: 24 of 66 pairs in 4 rounds" in out
+    assert "plan: 12 nodes, rotation-4: 24 of 66 pairs in 4 rounds" in out
     assert "estimate: 60 s wall (20 s fixed + 4 x 10.0 s per round), 1.600 GPU-hours" in out
-    assert "sweep pairwise" in out and "--pattern random" in out and "--partners 4" in out
+    assert "sweep pairwise" in out and "--pattern rotation" in out and "--partners 4" in out
     assert not (tmp_path / "h" / "v1" / "measurements").exists()  # nothing ran
     bad = subprocess.run([sys.executable, "-m", "fabricbench", "health", "run", "--local", "--nodes", "4", "--budget",
                           "10s", "--history", str(tmp_path / "h")], capture_output=True, text=True, env=env, timeout=120)

@@ -51,6 +51,24 @@ def test_random_partners_are_disjoint_rounds_and_fresh_when_possible(n, k):
     assert schedule.random_partners(n, k, seed=2) != rounds or n == 2
 
 
+@pytest.mark.parametrize("n, k", [(8, 3), (9, 2), (16, 4), (256, 8)])
+def test_rotation_slices_meet_every_pair_in_the_fewest_nights(n, k):
+    rounds = len(schedule.circle(n))
+    nights = -(-rounds // k)
+    for start in (0, 5):
+        met = set()
+        for night in range(start, start + nights):
+            slice_ = schedule.rotation(n, k, night)
+            assert len(slice_) == k
+            for r in slice_:
+                nodes = [x for p in r for x in p]
+                assert len(nodes) == len(set(nodes))  # concurrent pairs are disjoint
+            met |= {p for r in slice_ for p in r}
+        assert met == set(itertools.combinations(range(n), 2)), (n, k, start)
+    by_cli = make_rounds(n, "rotation", k, 1, 3)
+    assert [[tuple(p) for p in r["pairs"]] for r in by_cli] == schedule.rotation(n, k, 3)
+
+
 def test_pack_and_retest_pairs():
     pairs = [(0, 1), (0, 2), (1, 2), (3, 4), (2, 3)]
     rounds = schedule.pack(pairs)

@@ -1,11 +1,11 @@
 """What a night's sweep can cover within a time budget.
 
 Every pair (circle method: n-1 rounds of n/2 concurrent pairs, n rounds for odd n) when that fits; otherwise
-random-K with K = the rounds that fit, each node meeting K partners. Among candidate seeds of the sweep's own
-random pattern (fabricbench.slurm.planning.make_rounds, the same function the sweep runs), the plan takes the
-one that meets the most pairs not met recently, with the partners of yesterday's suspects counted first: a
-rotation that tends to every pair. A night covers n*K/2 of the n(n-1)/2 pairs, so no rotation covers them in
-fewer than ceil((n-1)/K) nights; the greedy choice's actual figure is measured in tests/test_health_plan.py.
+an exact rotation: night t runs K consecutive rounds of the same circle schedule (the sweep's `--pattern
+rotation --partners K --seed t`), so every node meets K partners it has not met in this cycle and any
+ceil(rounds/K) consecutive nights meet every pair, the least any schedule of K rounds a night can do (a night
+covers n*K/2 of the n(n-1)/2 pairs). Yesterday's suspects need no special pairing: tonight they meet K new
+partners, which is what a k-of-m confirmation with different partners asks for.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 
 from fabricbench.errors import UsageError
 
-CANDIDATE_SEEDS = 24
-
 
 @dataclass
 class Plan:
     nodes: list[str]
-    pattern: str  # circle | random
+    pattern: str  # circle | rotation
     partners: int  # rounds
-    seed: int
+    seed: int  # rotation: the slice (night) of the circle schedule
     pairs: list[tuple[str, str]]
     round_s: float
     overhead_s: float
@@ -48,15 +46,15 @@ class Plan:
     @property
     def min_nights_all_pairs(self) -> int:
         n = len(self.nodes)
-        return 1 if self.pattern == "circle" else math.ceil((n - 1) / max(self.partners, 1))
+        return 1 if self.pattern == "circle" else math.ceil(circle_rounds(n) / max(self.partners, 1))
 
     def describe(self) -> str:
         n = len(self.nodes)
         total = n * (n - 1) // 2
         what = (f"all {total} pairs (circle, {self.rounds} rounds)" if self.pattern == "circle" else
-                f"random-{self.partners}: {len(self.pairs)} of {total} pairs in {self.rounds} rounds (seed {self.seed}; "
-                f"{self.new_pairs} not met recently, {self.suspect_pairs} with yesterday's suspects; every pair needs "
-                f">= {self.min_nights_all_pairs} nights)")
+                f"rotation-{self.partners}: {len(self.pairs)} of {total} pairs in {self.rounds} rounds (slice {self.seed} of the circle "
+                f"schedule; {self.new_pairs} not met recently, {self.suspect_pairs} with yesterday's suspects; every pair "
+                f"within any {self.min_nights_all_pairs} consecutive nights)")
         lines = [f"plan: {n} nodes, {what}",
                  f"estimate: {self.est_wall_s:.0f} s wall ({self.overhead_s:.0f} s fixed + {self.rounds} x "
                  f"{self.round_s:.1f} s per round), {self.gpu_hours:.3f} GPU-hours ({self.gpus_per_node} GPU(s)/node)"]
@@ -91,15 +89,8 @@ def make_plan(nodes: list[str], budget_s: float, round_s: float, overhead_s: flo
         pairs = [(nodes[a], nodes[b]) for r in rounds for a, b in r["pairs"]]
         return Plan(nodes, "circle", circle_rounds(n), 0, pairs, round_s, overhead_s, gpus_per_node, suspects,
                     sum(1 for p in pairs if set(p) & set(suspects)), sum(1 for p in pairs if p not in recently_met))
-    best = None
-    for seed in range(night * CANDIDATE_SEEDS, (night + 1) * CANDIDATE_SEEDS):
-        rounds = make_rounds(n, "random", fits, 1, seed)
-        pairs = [tuple(sorted((nodes[a], nodes[b]))) for r in rounds for a, b in r["pairs"]]
-        fresh = [p for p in pairs if p not in recently_met]
-        with_suspect = [p for p in fresh if set(p) & set(suspects)]
-        score = (len(with_suspect), len(fresh))
-        if best is None or score > best[0]:
-            best = (score, seed, pairs)
-    (n_suspect, n_fresh), seed, pairs = best
-    return Plan(nodes, "random", fits, seed, pairs, round_s, overhead_s, gpus_per_node, suspects, n_suspect, n_fresh,
+    rounds = make_rounds(n, "rotation", fits, 1, night)
+    pairs = [tuple(sorted((nodes[a], nodes[b]))) for r in rounds for a, b in r["pairs"]]
+    return Plan(nodes, "rotation", fits, night, pairs, round_s, overhead_s, gpus_per_node, suspects,
+                sum(1 for p in pairs if set(p) & set(suspects)), sum(1 for p in pairs if p not in recently_met),
                 [f"all pairs need {circle_rounds(n)} rounds, {fits} fit the budget"])

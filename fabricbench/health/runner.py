@@ -87,7 +87,7 @@ def _sweep_argv(opts: RunOptions, plan, out: Path, reservation: str | None) -> l
     argv = [sys.executable, "-m", "fabricbench", "sweep", "pairwise", "--out", str(out), "-q",
             "-b", opts.sizes[0], "-e", opts.sizes[1], "-n", str(opts.iters), "-w", str(opts.warmup),
             "--pattern", plan.pattern, "--seed", str(plan.seed)]
-    if plan.pattern == "random":
+    if plan.pattern == "rotation":
         argv += ["--partners", str(plan.partners)]
     if opts.per_rail:  # rank k of each node tests NIC (rail) k: one series per rail (component '<node>/nic<k>')
         argv += ["--per-rail", "--ntasks-per-node", str(max(opts.gpus_per_node, 1))]

@@ -215,7 +215,7 @@ def load_series(con, pair_runs: int | None = 30, component_runs: int | None = 12
     a regression stays one for months, not just while its good readings are in a short window; node checks over
     their last `check_days` days (they may run hourly). A failed
     measurement is a reading of 0. Series too short to judge come back as their last reading only (state 'new'),
-    except pairs: a random-K sweep meets most pairs once a month, and a pair with nothing to compare with gets
+    except pairs: a rotation of K rounds a night meets each pair once in ceil((n-1)/K) nights, and a pair with nothing to compare with gets
     no state row at all (its readings still count in its NIC's median)."""
     metrics = ", ".join(f"'{m}'" for m in (*BANDWIDTH_METRICS, *ABSOLUTE_METRICS))
     absolute = ", ".join(f"'{m}'" for m in ABSOLUTE_METRICS)

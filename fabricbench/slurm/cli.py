@@ -281,10 +281,12 @@ def register(app: typer.Typer) -> None:
     sweep_params = [
         _p("local", bool, O(False, "--local", help="No Slurm: --nodes local processes act as the nodes.")),
         _p("pattern", str, O("circle", "--pattern", help="circle: every pair once (n-1 rounds for even n, n for "
-                             "odd) | random: --partners random partners per node")),
-        _p("partners", int, O(3, "--partners", help="random pattern: partners (rounds) per node.")),
+                             "odd) | random: --partners random partners per node | rotation: --partners consecutive "
+                             "rounds of the circle, slice number --seed (slices 0, 1, 2, ... meet every pair)")),
+        _p("partners", int, O(3, "--partners", help="random and rotation patterns: partners (rounds) per node.")),
         _p("repeat", int, O(1, "--repeat", help="Run the whole schedule this many times.")),
-        _p("seed", int, O(0, "--seed", help="Seed of the random pattern and of retest partners.")),
+        _p("seed", int, O(0, "--seed", help="Seed of the random pattern and of retest partners; the slice of the "
+                          "rotation pattern.")),
         _p("retest", bool, O(False, "--retest/--no-retest", help="Measure the nodes of suspect pairs again, each "
                              "with a partner it has not met (one more step).")),
         _p("retest_below", float, O(0.8, "--retest-below", help="A pair is suspect below this fraction of the "
@@ -383,7 +385,7 @@ def _sweep_config(kw: dict) -> dict:
     if kw["warmup"] < 0:
         raise UsageError(f"-w/--warmup must be 0 or more, got {kw['warmup']}")
     if kw["pattern"] not in PATTERNS:
-        raise UsageError(f"--pattern '{kw['pattern']}': choose circle or random")
+        raise UsageError(f"--pattern '{kw['pattern']}': choose circle, random or rotation")
     if kw["backend"].lower() not in ("auto", "gloo", "nccl"):
         _resolve_sweep_backend(kw["backend"])
     if not 0 < kw["retest_below"] <= 1:

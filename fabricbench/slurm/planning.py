@@ -16,18 +16,23 @@ from fabricbench.errors import UsageError
 from fabricbench.slurm import schedule
 from fabricbench.slurm.sweep import Plan, records_dir
 
-PATTERNS = ("circle", "random")
+PATTERNS = ("circle", "random", "rotation")
 
 
 def make_rounds(n: int, pattern: str, partners: int, repeat: int, seed: int) -> list[dict]:
     if pattern not in PATTERNS:
-        raise UsageError(f"--pattern '{pattern}': choose circle (every pair, n-1 rounds) or random (--partners K)")
+        raise UsageError(f"--pattern '{pattern}': choose circle (every pair, n-1 rounds), random (--partners K) "
+                         "or rotation (--partners K rounds of the circle, slice --seed)")
     if repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {repeat}")
     rounds: list[dict] = []
     for rep in range(repeat):
         if pattern == "circle":
             base = schedule.circle(n)
+        elif pattern == "rotation":
+            if partners < 1:
+                raise UsageError(f"--partners must be at least 1, got {partners}")
+            base = schedule.rotation(n, partners, seed)
         else:
             if partners < 1:
                 raise UsageError(f"--partners must be at least 1, got {partners}")

@@ -7,6 +7,8 @@ pairs of one round run at the same time. Pairs are written (a, b) with a < b.
   with one node idle per round (a "bye" is added and its partner sits out).
 - `random_partners(n, k, seed)`: k rounds, each a random matching, avoiding pairs already used when possible,
   so each node meets about k different partners (imbue's cluster-health style).
+- `rotation(n, k, night)`: night `night`'s k consecutive rounds of `circle(n)` (wrapping), so that any
+  ceil(rounds/k) consecutive nights meet every pair: an exact rotation for sweeps that cannot run all pairs at once.
 - `pack(pairs)`: any list of pairs into as few rounds of disjoint pairs as a greedy packing finds.
 - `retest_pairs(...)`: for every suspect pair (a, b), a and b each get a partner they have not met, chosen among
   nodes that looked healthy, so a bad node shows up again and a bad path does not (k-of-m confirmation).
@@ -39,6 +41,15 @@ def circle(n: int) -> list[list[Pair]]:
         rounds.append(sorted(pairs))
         ids = [ids[0], ids[-1], *ids[1:-1]]  # keep the first fixed, rotate the rest
     return rounds
+
+
+def rotation(n: int, k: int, night: int) -> list[list[Pair]]:
+    """Rounds night*k .. night*k + k - 1 of the circle schedule, modulo its length."""
+    base = circle(n)
+    if not base or k < 1:
+        return []
+    start = (night * k) % len(base)
+    return [base[(start + i) % len(base)] for i in range(min(k, len(base)))]
 
 
 def random_partners(n: int, k: int, seed: int = 0) -> list[list[Pair]]:
