@@ -95,3 +95,13 @@ def test_a_second_writer_fails_naming_the_first(tmp_path, capsys, argv):
     assert not (out / RESULTS_FILE).exists()
     with results_lock(out):  # released: the next writer gets it
         pass
+
+
+def test_collect_waits_its_turn_too(tmp_path, capsys):
+    """`collect` rewrites results.parquet and the tables: while a run or a submit writes there, it refuses."""
+    out = tmp_path / "out"
+    with results_lock(out, ["fabricbench", "submit", "--out", str(out)]):
+        with pytest.raises(SystemExit) as exc:
+            main(["collect", str(out)])
+    line = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in line and "fabricbench submit --out" in line, line

@@ -272,7 +272,11 @@ def register(app: typer.Typer) -> None:
             final = st if st.phase == "done" else None
         else:
             raise UsageError(f"'{job}' is neither a job id nor a results directory")
-        raise typer.Exit(_finish(directory, job_id or "", final, quiet, sweep=is_sweep_dir(directory)))
+        from fabricbench.results.io import results_lock
+
+        with results_lock(directory, ["fabricbench", *sys.argv[1:]]):  # the tables it writes: one writer at a time
+            code = _finish(directory, job_id or "", final, quiet, sweep=is_sweep_dir(directory))
+        raise typer.Exit(code)
 
     # -- sweep ----------------------------------------------------------------------------------------------
     sweep_app = typer.Typer(help="Fabric sweeps: every node pair in concurrent rounds.", no_args_is_help=True)
