@@ -88,7 +88,7 @@ def test_sweep_script_runs_plan_step_retest_and_collect_in_order(tmp_path):
     lines = res.stdout.splitlines()
     assert lines[0] == f"-m fabricbench sweep _plan --dir {out}"
     assert lines[1] == f"-m fabricbench sweep _retest --dir {out}"
-    assert lines[2] == f"-m fabricbench collect {out} --quiet"
+    assert lines[2] == f"-m fabricbench collect {out} --quiet --in-job"  # its submitter holds the lock
     argv = (tmp_path / "argv").read_text().split("\0")[:-1]
     assert argv[-4:] == ["-m", "fabricbench.slurm.sweep", "--plan", str(out / "plan-retest.json")]
     rail = sweep_script(Submission(JobSpec(nodes=2, ntasks_per_node=8, gpus_per_node=8), out), 60, False, True)

@@ -233,6 +233,8 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow a job that is still queued or running."),
         poll: float = typer.Option(2.0, "--poll", help="Seconds between job-state checks."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the tables; print nothing."),
+        in_job: bool = typer.Option(False, "--in-job", hidden=True, help="Run by the job's own batch script, "
+                                    "while its submitter holds the results directory's lock."),
     ) -> None:
         """Gather the results of a submitted job (or rebuild a sweep's tables from its records)."""
         from fabricbench.slurm import jobs
@@ -274,6 +276,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"'{job}' is neither a job id nor a results directory")
         from fabricbench.results.io import results_lock
 
+        if in_job:  # the batch script's own collect: the waiting submitter holds the lock and collects after it
+            raise typer.Exit(_finish(directory, job_id or "", final, quiet, sweep=is_sweep_dir(directory)))
         with results_lock(directory, ["fabricbench", *sys.argv[1:]]):  # the tables it writes: one writer at a time
             code = _finish(directory, job_id or "", final, quiet, sweep=is_sweep_dir(directory))
         raise typer.Exit(code)

@@ -69,7 +69,7 @@ def sweep_script(sub: Submission, step_timeout_s: float, retest: bool, per_rail:
         RETEST_PLAN=sub.fb("sweep", "_retest", "--dir", out) if retest else "false",
         RETEST_COMMAND=shell_words([sub.python, "-m", "fabricbench.slurm.sweep", "--plan",
                                     str(Path(out) / "plan-retest.json")]),
-        COLLECT=sub.fb("collect", out, "--quiet"),
+        COLLECT=sub.fb("collect", out, "--quiet", "--in-job"),
     )
     return render(load_template("rail-sweep" if per_rail else "pairwise"), values)
 
