@@ -265,3 +265,29 @@ def test_leaf_map_recorded_by_a_sweep_is_used_without_topology(tmp_path):
     res = analyze_frame(tmp_path, "lf", frame, hosts,
                         info={"fabric": {"leaves": [truth["leaves"][h] for h in hosts]}})
     assert [v.kind for v in res.faults()] == ["uplink"] and res.drain_candidates(0.0) == []
+
+
+@pytest.mark.parametrize("faults, spine_level", [
+    ([], False),
+    (["spine:spine1:0.5", "spine:spine2:0.5"], True),  # half the spines at half rate
+    (["uplink:leaf2:0.5"], False),  # one leaf's uplinks: an uplink verdict, not the spine level
+])
+def test_half_the_spines_slow_is_the_spine_level_not_hosts(tmp_path, faults, spine_level):
+    """Issue 9, 'patterns': with a topology that expects 48 GB/s on every path (the simulator's healthy rate),
+    every leaf's cross-leaf paths low while paths inside leaves are not is the spine level; no host, NIC or
+    uplink is blamed for it. A degraded uplink's paths are not counted as a fleet-wide shortfall."""
+    spec = SimSpec(nodes=64, leaves=4, spines=4, noise=0.03, heavy=True, dips=0.01, failures=0.002, repeats=2,
+                   seed=4, faults=[parse_fault(f) for f in faults])
+    out, truth = write(spec, tmp_path / "s")
+    fab = fabric_from_leaves(truth["leaves"], spines=4, oversubscription=1.0)
+    fab.expected = {"intra-leaf": 48.0, "inter-leaf": 48.0}
+    res = analyze(load(out), fab)
+    said = [c["summary"] for c in res.cluster if c.get("failed")]
+    assert any("the spine level" in s for s in said) == spine_level, said
+    kinds = {v.kind for v in res.faults()}
+    if spine_level:
+        assert res.exit_code == 1 and not kinds & {"node", "nic", "link", "uplink"}, kinds
+    elif faults:
+        assert res.exit_code == 1 and kinds == {"uplink"}, kinds
+    else:
+        assert res.exit_code == 0 and not said
