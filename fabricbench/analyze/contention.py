@@ -16,17 +16,28 @@ run one after the other, so a leaf's concurrent load is half its directed cross-
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def reachable_log(src: np.ndarray, dst: np.ndarray, rnd: np.ndarray, size_idx: np.ndarray, leaf: np.ndarray,
                   oversubscription: float, phase: np.ndarray | None = None) -> np.ndarray:
+    return round_loads(src, dst, rnd, size_idx, leaf, oversubscription, phase)[0]
+
+
+def round_loads(src: np.ndarray, dst: np.ndarray, rnd: np.ndarray, size_idx: np.ndarray, leaf: np.ndarray,
+                oversubscription: float, phase: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log fair share, concurrent flows out of the source leaf, into the destination leaf) per row; the loads
+    are 0 for rows that cross no uplink."""
     out = np.zeros(len(src), dtype=np.float32)
+    lu = np.zeros(len(src), dtype=np.int32)
+    lo = np.zeros(len(src), dtype=np.int32)
     if oversubscription <= 1.0 or not len(src):
-        return out
+        return out, lu, lo
     ls, ld = leaf[src], leaf[dst]
     cross = (ls >= 0) & (ld >= 0) & (ls != ld)
     if not cross.any():
-        return out
+        return out, lu, lo
     nl = int(leaf.max()) + 1
     hosts = np.bincount(leaf[leaf >= 0], minlength=nl).astype(np.float64)
     cap = hosts / oversubscription
@@ -46,4 +57,47 @@ def reachable_log(src: np.ndarray, dst: np.ndarray, rnd: np.ndarray, size_idx: n
     load_d = np.ceil(cnt_d[inv_d] / div)
     share = np.minimum(1.0, np.minimum(cap[ls[idx]] / np.maximum(load_u, 1), cap[ld[idx]] / np.maximum(load_d, 1)))
     out[idx] = np.log(share).astype(np.float32)
-    return out
+    lu[idx], lo[idx] = load_u, load_d
+    return out, lu, lo
+
+
+def calibrate_loads(y: np.ndarray, size_idx: np.ndarray, load_u: np.ndarray, load_d: np.ndarray,
+                    ls: np.ndarray, ld: np.ndarray, min_rows: int = 30, min_leaves: int = 5) -> tuple[np.ndarray, int]:
+    """The fair share above assumes a leaf's flows split its uplinks evenly (adaptive routing). Under static
+    ECMP hashing they do not: n flows hashed onto S links collide, and what a flow gets at a given load is
+    below the even split by an amount that grows with the load. Rather than assume a routing, read it from the
+    data: the cross-leaf measurements that ran under the same load (flows out of the source leaf, into the
+    destination leaf, same size) across the fleet give what that load really yields, and each such measurement
+    is judged against them. Only where the group is wide (rows from at least `min_leaves` source and
+    destination leaves, none holding a third of it), so one slow leaf cannot set its own group's level.
+    Returns the corrected values and how many groups were calibrated."""
+    cross = load_u > 0
+    if cross.sum() < min_rows:
+        return y, 0
+    y = y.astype(np.float32, copy=True)
+    idx = np.flatnonzero(cross & np.isfinite(y))
+    nl = int(max(ls.max(), ld.max())) + 1
+    key = (size_idx[idx].astype(np.int64) * 4096 + load_u[idx]) * 4096 + load_d[idx]
+    uk, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+    med = pd.Series(y[idx]).groupby(inv).median().to_numpy()
+    src_share = np.zeros((len(uk), nl))
+    np.add.at(src_share, (inv, ls[idx]), 1.0)
+    dst_share = np.zeros((len(uk), nl))
+    np.add.at(dst_share, (inv, ld[idx]), 1.0)
+    wide = ((cnt >= min_rows) & ((src_share > 0).sum(axis=1) >= min_leaves) & ((dst_share > 0).sum(axis=1) >= min_leaves)
+            & (src_share.max(axis=1) <= cnt / 3) & (dst_share.max(axis=1) <= cnt / 3))
+    if not wide.any():
+        return y, 0
+    sizes = size_idx[idx]
+    shift = np.zeros(len(uk))
+    for sz in np.unique(sizes):
+        # the level every group is brought to: the least loaded wide group of this size (nearest to uncontended)
+        in_size = np.unique(inv[sizes == sz])
+        cand = in_size[wide[in_size]]
+        if not len(cand):
+            continue
+        loads = uk[cand] % (4096 * 4096)
+        lightest = cand[np.argmin((loads // 4096) + (loads % 4096))]
+        shift[cand] = med[cand] - med[lightest]
+    y[idx] -= shift[inv].astype(np.float32)
+    return y, int(wide.sum())

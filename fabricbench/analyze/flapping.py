@@ -51,16 +51,23 @@ def hypergeom_tail(k: int, m: int, low_total: int, total: int) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
-def host_round_units(s: np.ndarray, d: np.ndarray, rnd: np.ndarray, resid: np.ndarray, n: int):
+def host_round_units(s: np.ndarray, d: np.ndarray, rnd: np.ndarray, resid: np.ndarray, n: int,
+                     group: np.ndarray | None = None):
     """(host, round index, partner, value) for every host and round it measured in: median residual less the round
-    median. The partner is the host's (first) partner in that round."""
+    median. The partner is the host's (first) partner in that round. With `group` (leaves), the round median is
+    taken per class (inside a leaf, across leaves): a round's cross-leaf rows carry its collisions, which must not
+    move the level its intra-leaf rows are judged from (a fixed schedule would make that bias recur)."""
     ur, rinv = np.unique(rnd, return_inverse=True)
-    med = np.zeros(len(ur))
-    order = np.argsort(rinv, kind="stable")
-    bounds = np.searchsorted(rinv[order], np.arange(len(ur) + 1))
-    for g in range(len(ur)):
+    mkey = rinv.astype(np.int64) * 2
+    if group is not None:
+        mkey += (group[s] == group[d]).astype(np.int64)
+    um, minv = np.unique(mkey, return_inverse=True)
+    med = np.zeros(len(um))
+    order = np.argsort(minv, kind="stable")
+    bounds = np.searchsorted(minv[order], np.arange(len(um) + 1))
+    for g in range(len(um)):
         med[g] = np.median(resid[order[bounds[g]:bounds[g + 1]]])
-    r0 = resid - med[rinv]
+    r0 = resid - med[minv]
     host = np.concatenate([s, d]).astype(np.int64)
     other = np.concatenate([d, s]).astype(np.int64)
     key = host * len(ur) + np.concatenate([rinv, rinv])
@@ -112,18 +119,24 @@ def flapping_hosts(host: np.ndarray, partner: np.ndarray, value: np.ndarray, n: 
         uhost = (upk // n).astype(np.int64)
     else:
         ulow, uhost = low, host
+    upartner = (upk % n).astype(np.int64) if per_partner else partner.astype(np.int64)
     k_h = np.bincount(uhost, weights=ulow, minlength=n).astype(np.int64)
     m_h = np.bincount(uhost, minlength=n).astype(np.int64)
     grp = group if group is not None else np.zeros(n, dtype=np.int64)
     use = ~skip & (m_h >= 4)
     k_g = np.bincount(grp[use], weights=k_h[use], minlength=int(grp.max()) + 1).astype(np.int64)
     m_g = np.bincount(grp[use], weights=m_h[use], minlength=int(grp.max()) + 1).astype(np.int64)
+    # the leaf-mates' units shared with the host itself: when it flaps, its partner's round with it is low too,
+    # which is its evidence, not the mates' background rate
+    same = use[uhost] & (grp[uhost] == grp[upartner])
+    k_with = np.bincount(upartner[same], weights=ulow[same], minlength=n).astype(np.int64)
+    m_with = np.bincount(upartner[same], minlength=n).astype(np.int64)
     if tested is None:
         tested = int(use.sum())
     out = []
     for i in np.nonzero(use)[0].tolist():
         k, m = int(k_h[i]), int(m_h[i])
-        K, M = int(k_g[grp[i]]) - k, int(m_g[grp[i]]) - m  # the others in its group
+        K, M = int(k_g[grp[i]]) - k - int(k_with[i]), int(m_g[grp[i]]) - m - int(m_with[i])  # the others in its group
         if M < 4 * m or k < 3 or k * M <= K * m:
             continue
         mine = (host == i) & low
@@ -161,7 +174,8 @@ def flapping_hosts_iter(s: np.ndarray, d: np.ndarray, rnd: np.ndarray, resid: np
     for _ in range(max_hosts):
         if keep.sum() < 20:
             break
-        host, r_i, partner, value = host_round_units(s[keep], d[keep], rnd[keep], resid[keep], n)
+        host, r_i, partner, value = host_round_units(s[keep], d[keep], rnd[keep], resid[keep], n,
+                                                     group if split else None)
         if tested is None:
             m_h = np.bincount(host, minlength=n)
             tested = int((~skip & (m_h >= 4)).sum()) * ntests

@@ -142,11 +142,11 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
     contended = None
     if oversubscription and oversubscription > 1.0 and leaf_idx is not None and use.any():
         # judge each measurement against what it could reach in its round (contention.py)
-        from fabricbench.analyze.contention import reachable_log
+        from fabricbench.analyze.contention import round_loads
 
-        share = reachable_log(pick(src), pick(dst), pick(pairs["round"].to_numpy(dtype=np.int64)), size_u,
-                              leaf_idx, oversubscription, phase=pick(pairs["phase"].to_numpy(dtype=np.int64))
-                              if "phase" in pairs else None)
+        share, load_u, load_d = round_loads(
+            pick(src), pick(dst), pick(pairs["round"].to_numpy(dtype=np.int64)), size_u, leaf_idx, oversubscription,
+            phase=pick(pairs["phase"].to_numpy(dtype=np.int64)) if "phase" in pairs else None)
         logs = logs - share
         contended = share < 0
         if (share < 0).any():
@@ -154,6 +154,13 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
                          "measurement(s) judged against their fair share of the uplinks in their round")
     stats, y = class_stats(logs, pick(cls), size_u, np.asarray(bw_sizes, dtype=np.int64), CLASS_NAMES,
                            floor, step=step)
+    if contended is not None and contended.any():
+        from fabricbench.analyze.contention import calibrate_loads
+
+        y, groups = calibrate_loads(y, size_u, load_u, load_d, leaf_idx[pick(src)], leaf_idx[pick(dst)])
+        if groups:
+            notes.append(f"what each uplink load really yields read from the fleet ({groups} load group(s) of "
+                         "cross-leaf measurements): collisions under static routing are judged, not blamed")
     if contended is not None and contended.any():
         # a measurement held to its share of a shared uplink cannot show a host or path that is slow but still
         # faster than that share: where the same path also ran uncontended, only those readings judge it

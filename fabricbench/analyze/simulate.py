@@ -252,6 +252,11 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
     rate = base * factor
     rate = _flow_model(spec, rate, s_, d_, leaf, cross, round_all, direction[idx_pair], size_i, rail_i, spine_f, R,
                        up)
+    # what the faults did to the noise-free rates: a fault slower than the share contention leaves a flow
+    # changes nothing any tool could measure (masked), which the ground truth records
+    clean = _flow_model(spec, base.copy(), s_, d_, leaf, cross, round_all, direction[idx_pair], size_i, rail_i,
+                        np.ones_like(spine_f), R, np.ones_like(up))
+    effect = 1.0 - rate / clean
     sigma = spec.noise
     if spec.heavy:
         noise = rng.standard_t(3, total) * sigma / math.sqrt(3)  # same variance, heavy tails
@@ -313,7 +318,9 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
              "pattern": spec.pattern, "sizes": spec.sizes, "repeats": reps, "noise": spec.noise,
              "intermittent": spec.intermittent, "seed": spec.seed, "faults": [f.truth() for f in spec.faults],
              "heavy": spec.heavy, "dips": spec.dips, "failures": spec.failures,
-             "oversubscription": spec.oversubscription, "routing": spec.routing}
+             "oversubscription": spec.oversubscription, "routing": spec.routing,
+             "fault_effect": {"max": float(effect.max()) if total else 0.0,
+                              "measurements_5pct": int((effect >= 0.05).sum()) if total else 0}}
     return frame, truth
 
 

@@ -482,7 +482,11 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     rel, spread = th.rel, fit.spread
     R = fit.residual
     out: list[Evidence] = []
-    pair_spread = np.full(R.shape, spread)
+    cls_m = ctx.shared["pairs"]["cls"]
+    # each path judged against the noise of its own class (intra-leaf paths share no uplink, so the collisions
+    # that spread cross-leaf readings on an oversubscribed or statically routed fabric do not hide them)
+    pair_spread = (fit.class_spread[cls_m] if fit.class_spread is not None and len(fit.class_spread) > int(cls_m.max())
+                   else np.full(R.shape, spread))
     if bad_up:
         cross = leaf[:, None] != leaf[None, :]
         for k in bad_up:
@@ -500,6 +504,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     # The unit is one (path, round): the best of its sizes in that round. A dip of one measurement leaves the
     # round's other sizes normal; a transient that lasts a round hits all of them, and the data says which.
     tail = np.zeros(0)
+    tails: dict[int, np.ndarray] = {}
     if flag.any() and pd_.row_y is not None and len(pd_.row_y):  # only when some path is a candidate
         s, d = pd_.row_src, pd_.row_dst
         off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
@@ -513,6 +518,12 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         best = np.full(len(uk), -np.inf)
         np.fmax.at(best, inv, r)
         tail = np.sort(best[np.isfinite(best)])
+        ucls = np.zeros(len(uk), dtype=np.int64)
+        ucls[inv] = cls_m[s[ok], d[ok]]
+        for c in np.unique(ucls):  # the class's own tail where it has enough readings to have one
+            tc = best[(ucls == c) & np.isfinite(best)]
+            if tc.size >= 200:
+                tails[int(c)] = np.sort(tc)
     # a path is low only if every one of its measurements is: the best residual over all its sizes and rounds
     # (Y takes the median over sizes, which a dip of one size in every round can still pull down)
     strict = None
@@ -527,7 +538,6 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
             flag &= ~(strict > -pair_thr_m)  # failed-only cells stay candidates (strict is -inf there)
         R = np.where(flag, np.maximum(R, np.where(np.isfinite(strict), strict, R)), R)
     tested = max(int((np.isfinite(R) & ends_ok).sum()), 1)
-    cls_m = ctx.shared["pairs"]["cls"]
     low_sorted: dict[int, np.ndarray] = {}  # per class: every path's "every measurement this low" value, sorted
     if flag.any():
         low_all = strict if strict is not None else R
@@ -563,8 +573,9 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         distinct = len(rounds) if intra or no_collisions else _distinct_schedules(rounds, corunners, (i, j))
         # how often a (path, round) of another path reads this low (its own rounds are not evidence for chance)
         own = len(rounds_of.get((i, j), ())) + (len(rounds_of.get((j, i), ())) if both else 0)
-        below = max(int(np.searchsorted(tail, -d, side="right")) - own, 0)
-        q = (below + 1) / (len(tail) + 1) if len(tail) else 0.5
+        tail_c = tails.get(int(cls_m[i, j]), tail)
+        below = max(int(np.searchsorted(tail_c, -d, side="right")) - own, 0)
+        q = (below + 1) / (len(tail_c) + 1) if len(tail_c) else 0.5
         if below == 0:  # beyond every reading the data has: its rank only bounds the tail at 1/(N+1)
             q = min(q, _heavy_tail(d, float(pair_spread[i, j])))
         # independent rounds multiply; rounds that repeat a schedule may repeat a collision, so the paths of the
