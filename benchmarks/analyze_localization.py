@@ -21,7 +21,9 @@ all of them). Usage: python benchmarks/analyze_localization.py [--healthy N] [--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -66,15 +68,104 @@ def fault(rng, kind: str, size: float, hosts: list[str], leaf_of: dict[str, str]
 
 def run_one(tmp: Path, k: int, spec: SimSpec, fabric_kw: dict, spines: int):
     out, truth = write(spec, tmp / f"s{k}")
-    run_one.truth = truth
     fab = fabric_from_leaves(truth["leaves"], spines=spines, oversubscription=fabric_kw["oversubscription"])
     t = time.time()
     res = analyze(load(out), fab)
     dt = time.time() - t
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)
-    return res, dt
+    return res, dt, truth
+
+
+class Tally:
+    """One stage's counts: healthy exit 0, recall (all injected, and observable), precision."""
+
+    def __init__(self):
+        self.healthy = defaultdict(lambda: [0, 0])  # (noise, fabric) -> [exit0, runs]
+        self.recall = defaultdict(lambda: [0, 0])  # (noise, fabric, kind, size) -> [found, injected]
+        # a fault slower than what contention leaves its flows changes no noise-free rate by 5% (simulate's
+        # fault_effect): no tool could see it; counted apart as masked
+        self.visible = defaultdict(lambda: [0, 0])  # (noise, fabric, kind, size) -> [found, observable]
+        self.prec = defaultdict(lambda: [0, 0])  # (noise, fabric) -> [right, verdicts]
+        self.prec_kind = defaultdict(lambda: [0, 0])
+        self.wrong: list[str] = []
+        self.missed: list[str] = []
+
+    def healthy_run(self, key, res, label):
+        self.healthy[key][0] += res.exit_code == 0
+        self.healthy[key][1] += 1
+        for v in res.faults():
+            self.prec[key][1] += 1
+            self.prec_kind[v.kind][1] += 1
+            if len(self.wrong) < 30:
+                self.wrong.append(f"healthy {label}: {v.kind} {v.component} conf {v.confidence:.2f} "
+                                  f"-{v.deficit_pct:.0f}%")
+
+    def faulty_run(self, key, size, f: Fault, res, truth, label):
+        hit = any(match(f, v) for v in res.faults())
+        observable = truth["fault_effect"]["measurements_5pct"] > 0
+        self.recall[key + (f.kind, size)][0] += hit
+        self.recall[key + (f.kind, size)][1] += 1
+        self.visible[key + (f.kind, size)][0] += hit and observable
+        self.visible[key + (f.kind, size)][1] += observable
+        if not hit and len(self.missed) < 30:
+            self.missed.append(f"{label}: {f.kind} {f.target} -{size:.0%}"
+                               + ("" if observable else " (masked: changes no rate by 5%)"))
+        for v in res.faults():
+            right = match(f, v)
+            self.prec[key][0] += right
+            self.prec[key][1] += 1
+            self.prec_kind[v.kind][0] += right
+            self.prec_kind[v.kind][1] += 1
+            if not right and len(self.wrong) < 30:
+                self.wrong.append(f"{label} ({f.kind} {f.target} -{size:.0%}): {v.kind} {v.component} "
+                                  f"conf {v.confidence:.2f}")
+
+    def summary(self) -> dict:
+        return {
+            "healthy_exit0": [{"noise": n, "fabric": f, "exit0": a, "runs": b, "rate": a / b}
+                              for (n, f), (a, b) in sorted(self.healthy.items())],
+            "precision": [{"noise": n, "fabric": f, "right": a, "verdicts": b, "precision": a / b if b else None}
+                          for (n, f), (a, b) in sorted(self.prec.items())],
+            "precision_by_verdict_kind": {kk: {"right": a, "verdicts": b} for kk, (a, b) in sorted(self.prec_kind.items())},
+            "recall": [{"noise": n, "fabric": f, "kind": kk, "size": s, "found": a, "injected": b, "recall": a / b,
+                        "observable": self.visible[(n, f, kk, s)][1], "found_observable": self.visible[(n, f, kk, s)][0]}
+                       for (n, f, kk, s), (a, b) in sorted(self.recall.items())],
+            "false_verdicts": self.wrong, "missed": self.missed,
+        }
+
+
+def markdown(stage: dict, title: str) -> str:
+    cols = sorted({(r["noise"], r["fabric"]) for r in stage["recall"]} | {(r["noise"], r["fabric"]) for r in stage["healthy_exit0"]})
+    name = {"nonblocking": "non-blocking", "oversub-static": "2:1 static"}
+    head = "| | " + " | ".join(f"{100 * n:.0f}% {name.get(f, f)}" for n, f in cols) + " |"
+    lines = [f"### {title}", "", head, "|---" * (len(cols) + 1) + "|"]
+    frac = lambda a, b: f"{a}/{b} = {a / b:.2f}" if b else "-"  # noqa: E731
+    h = {(r["noise"], r["fabric"]): r for r in stage["healthy_exit0"]}
+    lines.append("| healthy runs exit 0 | " + " | ".join(f"{h[c]['exit0']}/{h[c]['runs']}" if c in h else "-" for c in cols) + " |")
+    p = {(r["noise"], r["fabric"]): r for r in stage["precision"]}
+    lines.append("| precision (all verdicts >= 0.5) | " + " | ".join(frac(p[c]["right"], p[c]["verdicts"]) if c in p else "-" for c in cols) + " |")
+    cells = defaultdict(dict)
+    tot = defaultdict(lambda: [0, 0, 0, 0])
+    for r in stage["recall"]:
+        cells[(r["kind"], r["size"])][(r["noise"], r["fabric"])] = r
+        t = tot[(r["noise"], r["fabric"])]
+        t[0] += r["found"]
+        t[1] += r["injected"]
+        t[2] += r["found_observable"]
+        t[3] += r["observable"]
+    for (kind, size), row in sorted(cells.items()):
+        out = []
+        for c in cols:
+            r = row.get(c)
+            if r is None:
+                out.append("-")
+                continue
+            masked = r["injected"] - r["observable"]
+            out.append(f"{r['found']}/{r['injected']}" + (f" ({masked} masked)" if masked else ""))
+        lines.append(f"| {kind} -{size:.0%} | " + " | ".join(out) + " |")
+    lines.append("| recall, faults >= 15% | " + " | ".join(frac(tot[c][0], tot[c][1]) for c in cols) + " |")
+    lines.append("| recall, observable faults | " + " | ".join(frac(tot[c][2], tot[c][3]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -86,87 +177,80 @@ def main() -> int:
     ap.add_argument("--per-cell", type=int, default=4, help="scenarios per fault kind, size, noise level, fabric")
     ap.add_argument("--noise", default="0.03,0.18")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--retest-top", type=int, default=20, help="second stage: the analysis's N most suspect paths "
+                    "measured again (0: one stage only)")
+    ap.add_argument("--retest-rounds", type=int, default=4, help="... each in this many more rounds")
     ap.add_argument("--seed", type=int, default=9000)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     leaves = args.nodes // args.per_leaf
     k = 0
-    healthy = defaultdict(lambda: [0, 0])  # (noise, fabric) -> [exit0, runs]
-    recall = defaultdict(lambda: [0, 0])  # (noise, fabric, kind, size) -> [found, injected]
-    # a fault slower than what contention leaves its flows changes no noise-free rate by 5% (simulate's
-    # fault_effect): no tool could see it; counted apart as masked
-    visible = defaultdict(lambda: [0, 0])  # (noise, fabric, kind, size) -> [found, observable]
-    prec = defaultdict(lambda: [0, 0])  # (noise, fabric) -> [right, verdicts]
-    prec_kind = defaultdict(lambda: [0, 0])
-    wrong, missed, times = [], [], []
+    stages = {"sweep": Tally(), "retest": Tally()}
+    times = []
     t0 = time.time()
+
+    def both(tmp, spec, fkw, on_result):
+        nonlocal k
+        res, dt, truth = run_one(tmp, k, spec, fkw, args.spines)
+        k += 1
+        times.append(dt)
+        on_result(stages["sweep"], res, truth)
+        if args.retest_top > 0:
+            sus = [(x["src"], x["dst"]) for x in res.suspect_paths[:args.retest_top]]
+            spec2 = dataclasses.replace(spec, retest=sus, retest_rounds=args.retest_rounds if sus else 0)
+            res2, _dt, truth2 = run_one(tmp, -k, spec2, fkw, args.spines)  # same seed: the same sweep plus the retest
+            on_result(stages["retest"], res2, truth2)
+
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         for noise in [float(x) for x in args.noise.split(",")]:
             for fname, fkw in FABRICS.items():
                 base = dict(nodes=args.nodes, leaves=leaves, spines=args.spines, noise=noise, heavy=True,
                             dips=0.01, failures=0.002, repeats=args.repeats, **fkw)
+                key = (noise, fname)
                 for _ in range(args.healthy):
                     spec = SimSpec(seed=args.seed + k, **base)
-                    res, dt = run_one(tmp, k, spec, fkw, args.spines)
-                    k += 1
-                    times.append(dt)
-                    healthy[(noise, fname)][0] += res.exit_code == 0
-                    healthy[(noise, fname)][1] += 1
-                    for v in res.faults():
-                        prec[(noise, fname)][1] += 1
-                        prec_kind[v.kind][1] += 1
-                        if len(wrong) < 30:
-                            wrong.append(f"healthy noise {noise} {fname} seed {spec.seed}: {v.kind} {v.component} "
-                                         f"conf {v.confidence:.2f} -{v.deficit_pct:.0f}%")
+                    label = f"noise {noise} {fname} seed {spec.seed}"
+                    both(tmp, spec, fkw, lambda t, res, truth, label=label: t.healthy_run(key, res, label))
                 for kind in KINDS:
                     for size in SIZES:
                         for _ in range(args.per_cell):
                             spec = SimSpec(seed=args.seed + k, **base)
-                            leaf_of = spec.leaves_map()
-                            f = fault(rng, kind, size, spec.hosts(), leaf_of)
+                            f = fault(rng, kind, size, spec.hosts(), spec.leaves_map())
                             spec.faults = [f]
-                            res, dt = run_one(tmp, k, spec, fkw, args.spines)
-                            k += 1
-                            times.append(dt)
-                            hit = any(match(f, v) for v in res.faults())
-                            recall[(noise, fname, kind, size)][0] += hit
-                            recall[(noise, fname, kind, size)][1] += 1
-                            observable = run_one.truth["fault_effect"]["measurements_5pct"] > 0
-                            visible[(noise, fname, kind, size)][0] += hit and observable
-                            visible[(noise, fname, kind, size)][1] += observable
-                            if not hit and len(missed) < 30:
-                                missed.append(f"noise {noise} {fname} seed {spec.seed}: {kind} {f.target} -{size:.0%}"
-                                              + ("" if observable else " (masked: changes no rate by 5%)"))
-                            for v in res.faults():
-                                right = match(f, v)
-                                prec[(noise, fname)][0] += right
-                                prec[(noise, fname)][1] += 1
-                                prec_kind[v.kind][0] += right
-                                prec_kind[v.kind][1] += 1
-                                if not right and len(wrong) < 30:
-                                    wrong.append(f"noise {noise} {fname} seed {spec.seed} ({kind} {f.target} "
-                                                 f"-{size:.0%}): {v.kind} {v.component} conf {v.confidence:.2f}")
+                            label = f"noise {noise} {fname} seed {spec.seed}"
+                            both(tmp, spec, fkw, lambda t, res, truth, f=f, size=size, label=label:
+                                 t.faulty_run(key, size, f, res, truth, label))
     summary = {
         "nodes": args.nodes, "leaves": leaves, "spines": args.spines, "repeats": args.repeats,
-        "healthy_exit0": [{"noise": n, "fabric": f, "exit0": a, "runs": b, "rate": a / b}
-                          for (n, f), (a, b) in sorted(healthy.items())],
-        "precision": [{"noise": n, "fabric": f, "right": a, "verdicts": b, "precision": a / b if b else None}
-                      for (n, f), (a, b) in sorted(prec.items())],
-        "precision_by_verdict_kind": {kk: {"right": a, "verdicts": b} for kk, (a, b) in sorted(prec_kind.items())},
-        "recall": [{"noise": n, "fabric": f, "kind": kk, "size": s, "found": a, "injected": b, "recall": a / b,
-                    "observable": visible[(n, f, kk, s)][1], "found_observable": visible[(n, f, kk, s)][0]}
-                   for (n, f, kk, s), (a, b) in sorted(recall.items())],
+        "retest": {"top": args.retest_top, "rounds": args.retest_rounds},
         "analysis_seconds_median": float(np.median(times)) if times else None, "elapsed_s": time.time() - t0,
-        "false_verdicts": wrong, "missed": missed,
+        **stages["sweep"].summary(),
     }
+    if args.retest_top > 0:
+        summary["with_retest"] = stages["retest"].summary()
     text = json.dumps(summary, indent=2)
     print(text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "analyze-localization.json").write_text(text + "\n")
+        md = [f"# fabricbench analyze: localization quality (benchmarks/analyze_localization.py)", "",
+              f"`python benchmarks/analyze_localization.py {' '.join(sys.argv[1:])}` "
+              f"({summary['elapsed_s']:.0f} s on 2 shared cores; median analysis {summary['analysis_seconds_median']:.2f} s "
+              "per scenario). Verdicts counted at confidence >= 0.5 (what makes the exit code 1). A fault is masked "
+              "when it lowers no noise-free rate by 5% (slower than what contention leaves its flows).", "",
+              markdown(summary, "One sweep")]
+        if args.retest_top > 0:
+            md += [markdown(summary["with_retest"], f"The sweep, then its {args.retest_top} most suspect paths "
+                                                    f"in {args.retest_rounds} more rounds each")]
+        for name, st in (("one sweep", summary), ("with the retest", summary.get("with_retest"))):
+            if not st:
+                continue
+            md += [f"False verdicts ({name}):", ""] + [f"- {x}" for x in st["false_verdicts"]] + [""]
+            md += [f"Missed ({name}, the first 30):", ""] + [f"- {x}" for x in st["missed"]] + [""]
+        (out / "analyze-localization.md").write_text("\n".join(md))
     return 0
 
 

@@ -64,6 +64,8 @@ class Analysis:
     caveats: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     intermittent: list[str] = field(default_factory=list)
+    # paths that read low but within chance, most suspect first (for a retest of the same paths)
+    suspect_paths: list[dict] = field(default_factory=list)
     fleet: list[dict] = field(default_factory=list)
     expected: list[dict] = field(default_factory=list)  # measured vs expected rows
     groups: list[dict] = field(default_factory=list)

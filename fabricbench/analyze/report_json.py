@@ -24,7 +24,7 @@ def document(res, criteria: dict | None = None) -> dict:
         "schema": "fabricbench.analyze/1", "status": res.status, "exit_code": res.exit_code,
         "topology": res.topology, "thresholds": asdict(res.thresholds),
         "verdicts": [v.as_dict() for v in res.verdicts], "cluster": res.cluster, "inconclusive": res.inconclusive,
-        "caveats": res.caveats, "notes": res.notes, "intermittent": res.intermittent, "fleet": res.fleet,
+        "caveats": res.caveats, "notes": res.notes, "intermittent": res.intermittent, "suspect_paths": res.suspect_paths[:50], "fleet": res.fleet,
         "expected": res.expected, "groups": res.groups, "node_levels": res.node_levels, "counts": res.counts,
         "hosts": res.hosts, "criteria": criteria, "compared": res.compared, "retests": res.retests,
         "drain_candidates": sorted({v.drainable_host for v in res.drain_candidates(0.0)}),

@@ -122,6 +122,8 @@ class SimSpec:
     failures: float = 0.0  # probability a pair fails to measure in a round (a timeout), transient
     oversubscription: float = 1.0  # leaf downlink : uplink capacity; concurrent cross-leaf flows share uplinks
     routing: str = "adaptive"  # adaptive (flows share a leaf's uplink bundle) | static (ECMP hash per pair)
+    retest: list[tuple[str, str]] = field(default_factory=list)  # pairs measured again after the sweep
+    retest_rounds: int = 0  # ... in this many more rounds each (packed: a node in one pair per round)
 
     def hosts(self) -> list[str]:
         if self.names:
@@ -162,7 +164,57 @@ def _pairs(n: int, pattern: str, rng: np.random.Generator) -> tuple[np.ndarray, 
     raise UsageError(f"--pattern {pattern!r}: expected all or random-K")
 
 
+def _retest_schedule(spec: SimSpec, hi: dict[str, int], first_round: int):
+    """The retest pairs, each in `retest_rounds` more rounds after the sweep. Each repetition shuffles the pairs
+    and packs them into rounds of at most sqrt(pairs) (a node in one pair per round), so that a pair's rounds
+    run with different co-runners: under static routing the same co-runners would repeat the same collision."""
+    pairs = []
+    for x, y in spec.retest:
+        if x not in hi or y not in hi or x == y:
+            raise UsageError(f"retest pair {x}-{y}: no such pair of nodes")
+        pairs.append((hi[x], hi[y]))
+    if not pairs:
+        return (np.zeros(0, np.int64),) * 3
+    rng = np.random.default_rng([spec.seed, 7])
+    width = max(1, math.isqrt(len(pairs) - 1) + 1)
+    rounds: list[list[tuple[int, int]]] = []
+    for _ in range(spec.retest_rounds):
+        mine: list[list[tuple[int, int]]] = []
+        for k in rng.permutation(len(pairs)):
+            pair = pairs[int(k)]
+            for rd in mine:
+                if len(rd) < width and all(pair[0] not in p and pair[1] not in p for p in rd):
+                    rd.append(pair)
+                    break
+            else:
+                mine.append([pair])
+        rounds += mine
+    ra = np.array([p[0] for rd in rounds for p in rd], dtype=np.int64)
+    rb = np.array([p[1] for rd in rounds for p in rd], dtype=np.int64)
+    rr = np.array([first_round + k for k, rd in enumerate(rounds) for _ in rd], dtype=np.int64)
+    return ra, rb, rr
+
+
 def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
+    """The results frame and the ground truth. A retest's rows come after the sweep's, which are exactly those of
+    the same spec without the retest (a retest adds measurements, it does not redraw the sweep's)."""
+    if not (spec.retest and spec.retest_rounds > 0):
+        return _simulate(spec)
+    import dataclasses
+
+    sweep, _ = _simulate(dataclasses.replace(spec, retest=[], retest_rounds=0))
+    full, truth = _simulate(spec)
+    first = int(sweep["round"].max()) + 1
+    extra = full[(full["row_kind"] == "pair") & (full["round"] >= first)]
+    frame = pd.concat([sweep, extra], ignore_index=True)
+    for col in ("run_id", "row_kind", "op", "status", "node_a", "node_b", "direction"):
+        if col in frame and isinstance(full[col].dtype, pd.CategoricalDtype):
+            frame[col] = frame[col].astype(full[col].dtype)
+    truth["retest"] = {"pairs": [list(p) for p in spec.retest], "rounds": spec.retest_rounds}
+    return frame, truth
+
+
+def _simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
     rng = np.random.default_rng(spec.seed)
     hosts = spec.hosts()
     n = len(hosts)
@@ -216,22 +268,39 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
                 raise UsageError(f"--fault {f.kind}:{f.target}: no such leaf ({', '.join(leaf_names)})")
             (up if f.kind == "uplink" else sw)[li[f.target]] *= f.factor
     a, b, rnd = _pairs(n, spec.pattern, rng)
-    # both directions
+    reps = max(spec.repeats, 1)
+    rounds_per_rep = int(rnd.max()) + 1 if len(rnd) else 1
+    n0 = len(a)
+    # pair instances: the schedule repeated (the same co-runners each time), then any retest rounds of named pairs
+    a = np.tile(a, reps)
+    b = np.tile(b, reps)
+    rnd = np.concatenate([rnd + k * rounds_per_rep for k in range(reps)]) if n0 else rnd
+    if spec.retest and spec.retest_rounds > 0:
+        ra, rb, rr = _retest_schedule(spec, hi, reps * rounds_per_rep)
+        a, b, rnd = np.concatenate([a, ra]), np.concatenate([b, rb]), np.concatenate([rnd, rr])
+    N = len(a)
+    # both directions: instance k is a->b at index k, b->a at N + k
     src = np.concatenate([a, b])
     dst = np.concatenate([b, a])
-    direction = np.concatenate([np.zeros(len(a), np.int8), np.ones(len(a), np.int8)])
+    direction = np.concatenate([np.zeros(N, np.int8), np.ones(N, np.int8)])
     rnd = np.concatenate([rnd, rnd])
     node_a = np.concatenate([a, a])
     node_b = np.concatenate([b, b])
+    # the same pair in another repeat is the same pair (transients are drawn per pair and round)
+    pair_id = np.concatenate([np.tile(np.arange(n0), reps), n0 + np.arange(N - n0 * reps)])
+    pair_id = np.concatenate([pair_id, pair_id])
     S = len(spec.sizes)
-    P = len(src)
-    reps = max(spec.repeats, 1)
-    rounds_per_rep = int(rnd.max()) + 1 if P else 1
-    total = P * S * R * reps
-    idx_pair = np.tile(np.arange(P), S * R * reps)
-    size_i = np.repeat(np.tile(np.arange(S), R * reps), P)
-    rail_i = np.repeat(np.tile(np.repeat(np.arange(R), S), reps), P)
-    rep_i = np.repeat(np.arange(reps), P * S * R)
+    # rows: repeat, rail, size, directed pair; then the retest's rail, size, directed pair
+    q = np.tile(np.arange(2 * n0), S * R * reps)
+    k_rep = np.repeat(np.arange(reps), 2 * n0 * S * R)
+    main = np.where(q < n0, k_rep * n0 + q, N + k_rep * n0 + (q - n0))
+    extra = np.concatenate([np.arange(n0 * reps, N), N + np.arange(n0 * reps, N)])
+    idx_pair = np.concatenate([main, np.tile(extra, S * R)])
+    size_i = np.concatenate([np.repeat(np.tile(np.arange(S), R * reps), 2 * n0),
+                             np.repeat(np.tile(np.arange(S), R), len(extra))])
+    rail_i = np.concatenate([np.repeat(np.tile(np.repeat(np.arange(R), S), reps), 2 * n0),
+                             np.repeat(np.repeat(np.arange(R), S), len(extra))])
+    total = len(idx_pair)
     s_, d_ = src[idx_pair], dst[idx_pair]
     cross = leaf[s_] != leaf[d_]
     base = np.where(cross, INTER_GBPS, INTRA_GBPS) / R
@@ -243,7 +312,7 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
         for (x, y), fac in pair_f.items():
             hit = key == x * n + y
             factor[hit] = np.minimum(factor[hit], fac)
-    round_all = rnd[idx_pair] + rep_i * rounds_per_rep
+    round_all = rnd[idx_pair]
     n_rounds = int(round_all.max()) + 1 if total else 1
     for h, fac in flaps:  # a flapping NIC: some rounds at FACTOR, the rest normal
         bad = rng.random(n_rounds) < FLAP_P
@@ -268,7 +337,7 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
     noise += round_factor[round_all, size_i]
     if spec.intermittent > 0:
         # per (pair, round): both directions and every size of that round
-        upair = idx_pair % len(a) if len(a) else idx_pair
+        upair = pair_id[idx_pair]
         key = upair.astype(np.int64) * n_rounds + round_all
         uniq, inv = np.unique(key, return_inverse=True)
         hit = rng.random(len(uniq)) < spec.intermittent
@@ -284,7 +353,7 @@ def simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
     status = np.full(total, "ok", dtype=object)
     error = np.full(total, None, dtype=object)
     if spec.failures > 0:  # a pair's measurement fails (timeout) in one round: every size of that round
-        upair = idx_pair % len(a) if len(a) else idx_pair
+        upair = pair_id[idx_pair]
         key = upair.astype(np.int64) * n_rounds + round_all
         uniq, inv = np.unique(key, return_inverse=True)
         fail = (rng.random(len(uniq)) < spec.failures)[inv]

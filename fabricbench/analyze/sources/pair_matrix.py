@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from fabricbench.analyze import flapping, pairdata, pairfit, tomography
+from fabricbench.analyze import flapping, pairdata, pairfit, pathtest, tomography
 from fabricbench.analyze.evidence import Context, Evidence, source
 from fabricbench.analyze.weigh import FALSE_ALARM_BUDGET
 from fabricbench.analyze.verdicts import pct
@@ -458,8 +458,9 @@ def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
 
 
 def _round_corunners(pd_) -> dict[int, int]:
-    """A signature of the set of paths that ran in each round (order-free sum of a hash of each path, over the
-    rows of one size): two rounds with the same co-runners have the same signature."""
+    """A signature of the set of paths that ran in each round (the smallest hash of its paths, over the rows of
+    one size: a MinHash): two rounds with the same co-runners have the same signature, and still do, but for
+    the rare round whose smallest-hash path failed, when a transient failure left a row out of one of them."""
     if pd_.row_round is None or not len(pd_.row_round) or pd_.row_size is None:
         return {}
     one = pd_.row_size == pd_.row_size.max()
@@ -467,151 +468,156 @@ def _round_corunners(pd_) -> dict[int, int]:
     h = (s * np.uint64(0x9E3779B97F4A7C15) + d * np.uint64(0xC2B2AE3D27D4EB4F)) ^ (s << np.uint64(32)) ^ d
     h = h * np.uint64(0xFF51AFD7ED558CCD)
     ur, inv = np.unique(r, return_inverse=True)
-    sig = np.zeros(len(ur), dtype=np.uint64)
-    np.add.at(sig, inv, h)
+    sig = np.full(len(ur), np.iinfo(np.uint64).max, dtype=np.uint64)
+    np.minimum.at(sig, inv, h)
     return {int(x): int(v) for x, v in zip(ur, sig)}
 
 
 def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
-    """A single path slow beyond its ends. One reading of one path among thousands tested is expected to be
-    extreme by chance: the empirical tail of single measurements (how often a reading falls this far below what
-    its ends explain) raised to the number of independent rounds, times the paths tested, is the expected
-    number of such paths if nothing were wrong (`chance`). Rounds that repeat the same co-runners (a repeated
-    schedule: the same collisions under static routing) count once."""
+    """A single path slow beyond its ends (pathtest.py): each path's (path, round) units against its class's
+    pooled units, at least a majority of them (and two) low; times the paths tested, the expected number of such
+    paths if nothing were wrong (`chance`). Rounds that repeat the same co-runners (a repeated schedule: the same
+    collisions under static routing) count once. Paths that read low but not beyond chance are listed for a
+    retest (more rounds of the same path are what separates them from the noise)."""
     th = ctx.thresholds
     rel, spread = th.rel, fit.spread
     R = fit.residual
+    n = len(names)
     out: list[Evidence] = []
     cls_m = ctx.shared["pairs"]["cls"]
-    # each path judged against the noise of its own class (intra-leaf paths share no uplink, so the collisions
-    # that spread cross-leaf readings on an oversubscribed or statically routed fabric do not hide them)
-    pair_spread = (fit.class_spread[cls_m] if fit.class_spread is not None and len(fit.class_spread) > int(cls_m.max())
-                   else np.full(R.shape, spread))
-    if bad_up:
-        cross = leaf[:, None] != leaf[None, :]
-        for k in bad_up:
-            through = cross & ((leaf[:, None] == k) | (leaf[None, :] == k)) & np.isfinite(R)
-            r = R[through]
-            if r.size >= 3:
-                s_k = 1.4826 * float(np.median(np.abs(r - np.median(r))))
-                pair_spread[through] = np.maximum(pair_spread[through], s_k)
-    pair_thr_m = np.maximum(rel, th.pair_sigmas * pair_spread)
     explain = ctx.shared["explain"]
     ends_ok = ((fit.send > -explain) & healthy)[:, None] & ((fit.recv > -explain) & healthy)[None, :]
-    with np.errstate(invalid="ignore"):
-        flag = (R < -pair_thr_m) & (pd_.Y < -pair_thr_m) & ends_ok
-    # the data's own tail: residual of every single (row-level) measurement of a healthy-ended path
-    # The unit is one (path, round): the best of its sizes in that round. A dip of one measurement leaves the
-    # round's other sizes normal; a transient that lasts a round hits all of them, and the data says which.
-    tail = np.zeros(0)
-    tails: dict[int, np.ndarray] = {}
-    if flag.any() and pd_.row_y is not None and len(pd_.row_y):  # only when some path is a candidate
-        s, d = pd_.row_src, pd_.row_dst
-        off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
-        pred = fit.predicted[s, d]
-        ok = ends_ok[s, d] & np.isfinite(pred)
-        r = (pd_.row_y - off - np.nan_to_num(pred))[ok]
-        n = len(names)
-        rr = pd_.row_round[ok].astype(np.int64)
-        key = (s[ok].astype(np.int64) * n + d[ok]) * (int(rr.max() - rr.min()) + 1) + (rr - rr.min())
-        uk, inv = np.unique(key, return_inverse=True)
-        best = np.full(len(uk), -np.inf)
-        np.fmax.at(best, inv, r)
-        tail = np.sort(best[np.isfinite(best)])
-        ucls = np.zeros(len(uk), dtype=np.int64)
-        ucls[inv] = cls_m[s[ok], d[ok]]
-        for c in np.unique(ucls):  # the class's own tail where it has enough readings to have one
-            tc = best[(ucls == c) & np.isfinite(best)]
-            if tc.size >= 200:
-                tails[int(c)] = np.sort(tc)
-    # a path is low only if every one of its measurements is: the best residual over all its sizes and rounds
-    # (Y takes the median over sizes, which a dip of one size in every round can still pull down)
-    strict = None
-    if flag.any() and pd_.row_y is not None and len(pd_.row_y):
-        s, d = pd_.row_src, pd_.row_dst
-        off = fit.offsets[ctx.shared["pairs"]["cls"][s, d]] if len(fit.offsets) else 0.0
-        resid_row = pd_.row_y - off - np.nan_to_num(fit.predicted[s, d])
-        strict = np.full(len(names) * len(names), -np.inf)
-        np.fmax.at(strict, s.astype(np.int64) * len(names) + d, resid_row)
-        strict = strict.reshape(len(names), len(names))
-        with np.errstate(invalid="ignore"):
-            flag &= ~(strict > -pair_thr_m)  # failed-only cells stay candidates (strict is -inf there)
-        R = np.where(flag, np.maximum(R, np.where(np.isfinite(strict), strict, R)), R)
     tested = max(int((np.isfinite(R) & ends_ok).sum()), 1)
-    low_sorted: dict[int, np.ndarray] = {}  # per class: every path's "every measurement this low" value, sorted
-    if flag.any():
-        low_all = strict if strict is not None else R
-        base = ends_ok & np.isfinite(R) & np.isfinite(low_all)
-        for c in np.unique(cls_m[flag]):
-            low_sorted[int(c)] = np.sort(low_all[base & (cls_m == c)])
-    corunners = _round_corunners(pd_) if flag.any() else {}
-    rounds_of: dict[tuple[int, int], set] = {}
-    if flag.any() and pd_.row_round is not None:
-        fi, fj = np.nonzero(flag)
-        want = set(zip(fi.tolist(), fj.tolist()))
-        sel = flag[pd_.row_src, pd_.row_dst]
-        for a, b, r in zip(pd_.row_src[sel].tolist(), pd_.row_dst[sel].tolist(), pd_.row_round[sel].tolist()):
-            if (a, b) in want:
-                rounds_of.setdefault((a, b), set()).add(int(r))
-    ii, jj = np.nonzero(flag)
-    if len(ii) > 500:
-        ctx.res.caveats.append(f"{len(ii)} directed pairs read low beyond their ends' terms; the 500 worst are judged")
-        order = np.argsort(R[ii, jj])[:500]
-        ii, jj = ii[order], jj[order]
+    if pd_.row_y is None or not len(pd_.row_y) or pd_.row_round is None:
+        return out + _failed_pairs(pd_, names, healthy, tested, spread)
+    # the null classes: inside a leaf, across leaves, and cross-leaf paths through a leaf whose uplink is short
+    # (their readings spread with it)
+    null_cls = cls_m.astype(np.int64)
+    if bad_up and leaf is not None:
+        cross = leaf[:, None] != leaf[None, :]
+        for k in bad_up:
+            null_cls = np.where(cross & ((leaf[:, None] == k) | (leaf[None, :] == k)), 3 + k, null_cls)
+    s, d = pd_.row_src, pd_.row_dst
+    off = fit.offsets[cls_m[s, d]] if len(fit.offsets) else 0.0
+    pred = fit.predicted[s, d]
+    resid = np.where(ends_ok[s, d] & np.isfinite(pred), pd_.row_y - off - pred, np.nan)
+    # where concurrent flows can collide, a cross-leaf path's rounds that ran with the same co-runners may repeat
+    # one collision: they count once if the data says they do (their readings correlate), else each is a unit
+    upath, uval, utag = pathtest.path_units(resid, s, d, pd_.row_round, n, with_tags=True)
+    if ctx.fabric is None or ctx.fabric.collisions_possible():
+        corunners = _round_corunners(pd_)
+        collapse = np.ones(n * n, dtype=bool) if leaf is None else (leaf[:, None] != leaf[None, :]).reshape(-1)
+        rho, npairs = pathtest.repeat_correlation(upath, utag, uval, corunners, collapse)
+        if npairs and (npairs < 50 or rho >= 0.2):
+            upath, uval, utag = pathtest.path_units(resid, s, d, pd_.row_round, n, corunners, collapse,
+                                                    with_tags=True)
+            ctx.res.notes.append(f"a path's rounds with the same co-runners count once ({npairs} repeated path "
+                                 f"readings correlate at {rho:.2f}: collisions recur with the schedule)")
+        elif npairs:
+            ctx.res.notes.append(f"repeated rounds judged as independent ({npairs} path readings with the same "
+                                 f"co-runners correlate at {rho:.2f}: collisions do not recur)")
+    if not len(upath):
+        return out + _failed_pairs(pd_, names, healthy, tested, spread)
+    nulls = _class_nulls(upath, uval, null_cls)
+    # screen: the path's median unit below the fleet rule and 2 standard errors of its class's units (the rest
+    # cannot reach significance; those that do not are the retest list)
+    order = np.argsort(upath, kind="stable")
+    up_s, uv_s, ut_s = upath[order], uval[order], utag[order]
+    paths, first, counts = np.unique(up_s, return_index=True, return_counts=True)
+    med = np.array([float(np.median(uv_s[a:a + c])) for a, c in zip(first, counts)])
+    sig_c = np.array([nulls[int(c)].spread for c in null_cls.reshape(-1)[paths]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = med / (np.maximum(sig_c, 1e-3) / np.sqrt(counts))
+    cand = np.flatnonzero((med < -rel) & (z < -2.0))
+    if len(cand) > 500:
+        ctx.res.caveats.append(f"{len(cand)} directed pairs read low beyond their ends' terms; the 500 worst are judged")
+        cand = cand[np.argsort(z[cand])[:500]]
+    units_of = {int(paths[c]): uv_s[first[c]:first[c] + counts[c]] for c in cand}
+    tags_of = {int(paths[c]): ut_s[first[c]:first[c] + counts[c]] for c in cand}
+    rounds_of: dict[int, set] = {}
+    if units_of:
+        want = np.isin(s.astype(np.int64) * n + d, np.fromiter(units_of, dtype=np.int64))
+        for a, b, r in zip(s[want].tolist(), d[want].tolist(), pd_.row_round[want].tolist()):
+            rounds_of.setdefault(a * n + b, set()).add(int(r))
     done: set = set()
-    for i, j in zip(ii.tolist(), jj.tolist()):
-        if (i, j) in done or (i, j) in pd_.failed and pd_.Y[i, j] <= DEAD:
+    suspects: list[dict] = []
+    for p in sorted(units_of, key=lambda x: float(np.median(units_of[x]))):
+        i, j = divmod(p, n)
+        if p in done or (i, j) in pd_.failed and pd_.Y[i, j] <= DEAD:
             continue
-        both = bool(flag[j, i])
-        done |= {(i, j), (j, i)} if both else {(i, j)}
-        d = float(-R[i, j]) if not both else float(-max(R[i, j], R[j, i]))
-        rounds = rounds_of.get((i, j), set()) | (rounds_of.get((j, i), set()) if both else set())
-        # collisions happen where flows share links (uplinks, spines): a path inside one leaf has its ports to
-        # itself, so each of its rounds is independent; a cross-leaf path's rounds count once per co-runner set
-        intra = leaf is not None and leaf[i] == leaf[j]
-        no_collisions = ctx.fabric is not None and not ctx.fabric.collisions_possible()
-        distinct = len(rounds) if intra or no_collisions else _distinct_schedules(rounds, corunners, (i, j))
-        # how often a (path, round) of another path reads this low (its own rounds are not evidence for chance)
-        own = len(rounds_of.get((i, j), ())) + (len(rounds_of.get((j, i), ())) if both else 0)
-        tail_c = tails.get(int(cls_m[i, j]), tail)
-        below = max(int(np.searchsorted(tail_c, -d, side="right")) - own, 0)
-        q = (below + 1) / (len(tail_c) + 1) if len(tail_c) else 0.5
-        if below == 0:  # beyond every reading the data has: its rank only bounds the tail at 1/(N+1)
-            q = min(q, _heavy_tail(d, float(pair_spread[i, j])))
-        # independent rounds multiply; rounds that repeat a schedule may repeat a collision, so the paths of the
-        # same class that read this low in every round are counted as they are (the data says whether
-        # low readings recur)
-        lows = low_sorted.get(int(cls_m[i, j]), np.zeros(0))
-        recurring = max(int(np.searchsorted(lows, -d, side="right")) - (2 if both else 1), 0)
-        chance = max(tested * q ** max(len(rounds), 1), float(recurring)) if len(rounds) >= 2 and distinct < 2 \
-            else tested * q ** max(distinct, 1)
-        if len(rounds) >= 2 and distinct < 2:
-            distinct = 2 if recurring == 0 else 1
+        both = (j * n + i) in units_of and (j * n + i) not in done
+        done |= {p, j * n + i} if both else {p}
+        units = pathtest.both_ways(units_of[p], tags_of[p], units_of[j * n + i], tags_of[j * n + i]) if both \
+            else units_of[p]
+        null = nulls[int(null_cls[i, j])]
+        p_val, agree = pathtest.scan_p(units, null)
+        chance = tested * p_val
+        k = len(units)
+        dpt = float(-np.median(units))
+        rounds = rounds_of.get(p, set()) | (rounds_of.get(j * n + i, set()) if both else set())
         a, b = names[i], names[j]
         comp = f"{a}<->{b}" if both else f"{a}->{b}"
+        if k < 2 and chance <= 1.0:  # one round: a transient or a recurring collision looks alike
+            out.append(Evidence(
+                source=NAME, component=comp, kind="link", deficit=1 - math.exp(-dpt), support=1,
+                noise=float(null.spread), basis="fleet", threshold=1 - math.exp(-rel), chance=chance, confidence=1.0,
+                cap=0.45, summary=(f"the path {a} {'<->' if both else '->'} {b} reads {pct(-dpt):.0f}% below what its "
+                                   "ends explain, measured in one round only (or rounds repeating the same "
+                                   "co-runners): a transient or a recurring collision looks the same, retest to "
+                                   "confirm"),
+                details=[f"p = {p_val:.2g} against {len(null.values)} units of its class; {tested} paths tested"],
+                retest=[f"{a}->{b} (twice, in different rounds)"], identifiers={"hosts": [a, b]}, hosts=[a, b]))
+        if k < 2 or chance > FALSE_ALARM_BUDGET:
+            suspects.append({"path": comp, "src": a, "dst": b, "both": both, "deficit": 1 - math.exp(-dpt),
+                             "units": k, "chance": chance})
+            continue
         partner = _retest_partners({i, j}, names, healthy, leaf, 1)
-        summary = (f"the path {a} {'<->' if both else '->'} {b} reads {pct(-d):.0f}% below what its ends explain "
-                   f"({a} and {b} are healthy with other partners) in {len(rounds) or 1} round(s): cables, ports or "
-                   "the route between them")
-        if distinct < 2:
-            summary += ("; measured in one round only (or rounds repeating the same co-runners): a transient or a "
-                        "recurring collision looks the same, retest to confirm")
+        summary = (f"the path {a} {'<->' if both else '->'} {b} reads {pct(-dpt):.0f}% below what its ends explain "
+                   f"({a} and {b} are healthy with other partners), {agree} of its {k} independent rounds this low: "
+                   "cables, ports or the route between them")
         out.append(Evidence(
-            source=NAME, component=comp, kind="link", deficit=1 - math.exp(-d), support=max(distinct, 1),
-            noise=float(max(pair_spread[i, j], pair_spread[j, i] if both else 0)), basis="fleet",
-            threshold=1 - math.exp(-float(pair_thr_m[i, j])), chance=chance, confidence=1.0,
-            cap=0.97 if distinct >= 2 else 0.45,
-            summary=summary,
-            details=[f"{a}->{b}: {pct(float(pd_.Y[i, j])):.1f}% below fleet, residual {pct(float(R[i, j])):.1f}% "
-                     f"in {len(rounds)} round(s) with {distinct} distinct co-runner set(s)",
-                     f"a reading this low happens to {100 * q:.3f}% of single measurements here; "
-                     f"{tested} paths tested: {chance:.2g} such paths expected by chance"]
+            source=NAME, component=comp, kind="link", deficit=1 - math.exp(-dpt), support=k,
+            noise=float(null.spread), basis="fleet", threshold=1 - math.exp(-rel), chance=chance, confidence=1.0,
+            cap=0.97, summary=summary,
+            details=[f"{a}->{b}: {pct(float(pd_.Y[i, j])):.1f}% below fleet in {len(rounds)} round(s), "
+                     f"{k} independent (rounds repeating the same co-runners count once)",
+                     f"{agree} of {k} units at or below the path's level; p = {p_val:.2g} against "
+                     f"{len(null.values)} units of its class; {tested} paths tested: {chance:.2g} such paths "
+                     "expected by chance"]
             + ([f"{b}->{a}: {pct(float(pd_.Y[j, i])):.1f}% below fleet"] if np.isfinite(pd_.Y[j, i]) else []),
             measurements=[{"pair": f"{a}->{b}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}],
             retest=[f"{a}->{b} (twice, in different rounds)"] + ([f"{a}->{partner[0]}"] if partner else []),
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
-    # failed pairs whose ends work with others: failing in several rounds is a verdict only when the fleet's own
-    # failure rate cannot explain it (tested paths x rate ^ rounds failed, the pair's own failures left out)
+    suspects.sort(key=lambda x: x["chance"])
+    ctx.res.suspect_paths = suspects[:200]
+    for sp in suspects[:10]:
+        if sp["chance"] > 1.0:
+            break
+        out.append(Evidence(
+            source=NAME, component=sp["path"], kind="link", deficit=sp["deficit"], support=sp["units"],
+            noise=spread, basis="fleet", threshold=1 - math.exp(-rel), pattern="retest",
+            summary=(f"reads {100 * sp['deficit']:.0f}% below what its ends explain in {sp['units']} independent "
+                     f"round(s), within what chance gives among {tested} paths ({sp['chance']:.2g} expected): "
+                     f"retest {sp['src']}->{sp['dst']} in 3 more rounds"),
+            identifiers={"hosts": [sp["src"], sp["dst"]]}, hosts=[sp["src"], sp["dst"]]))
+    return out + _failed_pairs(pd_, names, healthy, tested, spread)
+
+
+def _class_nulls(upath: np.ndarray, uval: np.ndarray, null_cls: np.ndarray) -> dict[int, pathtest.Null]:
+    """Each null class's pooled units (the pooled units of all classes where a class has fewer than 200)."""
+    ucls = null_cls.reshape(-1)[upath]
+    pooled = pathtest.Null(uval)
+    out: dict[int, pathtest.Null] = {}
+    for c in np.unique(null_cls):
+        vals = uval[ucls == c]
+        out[int(c)] = pathtest.Null(vals) if vals.size >= 200 else pooled
+    return out
+
+
+def _failed_pairs(pd_, names, healthy, tested, spread) -> list[Evidence]:
+    """Failed pairs whose ends work with others: failing in several rounds is a verdict only when the fleet's own
+    failure rate cannot explain it (tested paths x rate ^ rounds failed, the pair's own failures left out)."""
+    out: list[Evidence] = []
     units = fail_units = 0
     if pd_.failed and pd_.row_round is not None:
         n_ = len(names)
@@ -640,18 +646,6 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     return out
 
 
-def _heavy_tail(depth: float, spread: float) -> float:
-    """P(a reading falls `depth` (log units) below its prediction) for noise with robust spread `spread`,
-    modelled as Student-t with 3 degrees of freedom (heavier-tailed than measured fabric noise, so the model
-    overstates chance). Used only beyond the data's own tail, where a small sweep's rank cannot resolve it:
-    a 6-host sweep has 60 readings, so its rank alone says no better than 1 in 61."""
-    if not spread > 0 or not math.isfinite(depth):
-        return 1.0
-    t = max(depth, 0.0) / spread * 1.134  # 1.4826 x MAD of a unit t3 is 1.134
-    upper = 0.5 - (t / (math.sqrt(3) * (1 + t * t / 3)) + math.atan(t / math.sqrt(3))) / math.pi
-    return max(upper, 1e-300)
-
-
 def _binom_tail(k: int, m: int, p: float) -> float:
     """P(X >= k) for X ~ Binomial(m, p), bounded from above by Chernoff: exp(-m KL(k/m || p)) (no SciPy; an
     upper bound only makes the intermittent test more conservative)."""
@@ -662,13 +656,6 @@ def _binom_tail(k: int, m: int, p: float) -> float:
         return p ** m
     kl = q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p))
     return math.exp(-m * kl)
-
-
-def _distinct_schedules(rounds: set, corunners: dict[int, int], pair: tuple[int, int]) -> int:
-    """Rounds of this path that ran with different co-runners (the path itself is in every one of them)."""
-    if not corunners:
-        return len(rounds)
-    return len({corunners.get(r, r) for r in rounds})
 
 
 def _intermittent(ctx, pd_, names, healthy, bad_node, leaf=None, bad_up=()) -> list[Evidence]:

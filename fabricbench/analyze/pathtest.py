@@ -1,0 +1,143 @@
+"""Is one path slow beyond its ends? A test whose power grows with the measurements a path has.
+
+Unit: one (path, round), the best of its sizes in that round less what the fit of its ends explains (a dip of one
+size leaves the round's other sizes normal; a transient that lasts the round hits them all). Where concurrent
+flows can collide, a cross-leaf path's rounds that ran with the same co-runners (a repeated schedule under static
+routing repeats the collision) are one unit, the best of them.
+
+Null: the class's pooled units (every path of the class, inside a leaf or across leaves): the data's own noise,
+heavy tails, dips and collisions included, with a Student-t (3 d.o.f.) tail beyond the last reading.
+
+Statistic: for a path with k units sorted u(1) <= ... <= u(k), "at least j of k units at or below u(j)" has
+probability BinomialTail(j; k, F(u(j))) if the path were like the rest; the smallest over j from a majority
+(at least 2) to k, times the j tried, is the path's p-value. j = k is "every unit this low" (the product rule
+F^k); a majority lets a path with many rounds, a retest's, show a modest deficit whose best reading alone is
+within the noise. Times the paths tested, it is the expected number of such paths by chance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def binom_sf(j: int, k: int, q: float) -> float:
+    """P(X >= j) for X ~ Binomial(k, q), exact (k is a path's rounds: small)."""
+    if j <= 0:
+        return 1.0
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    lq, l1q = math.log(q), math.log1p(-q)
+    terms = [math.lgamma(k + 1) - math.lgamma(x + 1) - math.lgamma(k - x + 1) + x * lq + (k - x) * l1q
+             for x in range(j, k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def t3_tail(depth: float, spread: float) -> float:
+    """P(a unit lies `depth` (log units) below 0) for Student-t noise with 3 d.o.f. and robust spread `spread`
+    (heavier-tailed than measured fabric noise: used only beyond the data's own last reading)."""
+    if not spread > 0 or not math.isfinite(depth):
+        return 1.0
+    t = max(depth, 0.0) / spread * 1.134  # 1.4826 x MAD of a unit t3 is 1.134
+    upper = 0.5 - (t / (math.sqrt(3) * (1 + t * t / 3)) + math.atan(t / math.sqrt(3))) / math.pi
+    return max(upper, 1e-300)
+
+
+class Null:
+    """The pooled units of one class: F(x) = P(unit <= x), from the data's rank, the t3 tail beyond it."""
+
+    def __init__(self, values: np.ndarray):
+        v = np.sort(values[np.isfinite(values)])
+        self.values = v
+        self.spread = 1.4826 * float(np.median(np.abs(v - np.median(v)))) if v.size >= 3 else float("nan")
+
+    def cdf(self, x: float, own: int = 0) -> float:
+        n = len(self.values)
+        below = max(int(np.searchsorted(self.values, x, side="right")) - own, 0)
+        q = (below + 1) / (n + 1)
+        if below == 0:  # beyond every reading the data has: its rank only bounds the tail at 1/(N+1)
+            q = min(q, t3_tail(-x, self.spread))
+        return q
+
+
+def scan_p(units: np.ndarray, null: Null) -> tuple[float, int]:
+    """(p-value, j) of `units` (one path's) against `null`: see the module docstring. The path's own units are
+    left out of the null's rank."""
+    u = np.sort(np.asarray(units, dtype=np.float64))
+    k = len(u)
+    if k == 0:
+        return 1.0, 0
+    start = min(k, max(2, math.ceil(k / 2)))
+    best, best_j, tries = 1.0, k, 0
+    for j in range(start, k + 1):
+        x = float(u[j - 1])
+        q = null.cdf(x, own=j)
+        p = binom_sf(j, k, q)
+        tries += 1
+        if p < best:
+            best, best_j = p, j
+    return min(1.0, best * tries), best_j
+
+
+def repeat_correlation(path: np.ndarray, tag: np.ndarray, value: np.ndarray, signature: dict[int, int],
+                       among: np.ndarray) -> tuple[float, int]:
+    """(Spearman correlation, pairs) between a path's units in two rounds that ran with the same co-runners,
+    over the paths `among[path]` marks: near 1 when collisions recur with the schedule (static routing), near 0
+    when each round is a fresh draw (adaptive routing, no contention)."""
+    sel = among[path]
+    if not sel.any():
+        return 0.0, 0
+    sig = np.array([signature.get(int(r), int(r)) for r in tag[sel]], dtype=np.uint64)
+    frame = pd.DataFrame({"p": path[sel], "s": sig, "v": value[sel]})
+    frame["k"] = frame.groupby(["p", "s"]).cumcount()
+    wide = frame[frame["k"] < 2].pivot_table(index=["p", "s"], columns="k", values="v")
+    if 1 not in wide.columns:
+        return 0.0, 0
+    wide = wide.dropna()
+    if len(wide) < 50:
+        return 0.0, int(len(wide))
+    r = wide.rank()
+    return float(np.corrcoef(r[0], r[1])[0, 1]), int(len(wide))
+
+
+def path_units(row_y: np.ndarray, src: np.ndarray, dst: np.ndarray, rnd: np.ndarray, n: int,
+               signature: dict[int, int] | None = None, collapse: np.ndarray | None = None,
+               with_tags: bool = False):
+    """(path id = src * n + dst, unit value) per unit. `row_y` is each row's residual (NaN: not judged).
+    `collapse[path]` True: rounds with the same `signature` (co-runner set) are one unit. `with_tags`: also each
+    unit's round (or -1 - signature code where merged)."""
+    ok = np.isfinite(row_y)
+    s, d, r, y = src[ok].astype(np.int64), dst[ok].astype(np.int64), rnd[ok].astype(np.int64), row_y[ok]
+    path = s * n + d
+    tag = r.copy()
+    if signature and collapse is not None:
+        sig = np.array([signature.get(int(x), int(x)) for x in np.unique(r)], dtype=np.uint64)
+        ur, inv = np.unique(r, return_inverse=True)
+        _, sig_code = np.unique(sig, return_inverse=True)
+        merged = collapse[path]
+        tag = np.where(merged, -1 - sig_code[inv].astype(np.int64), r)
+    key = np.stack([path, tag])
+    _, first, inv = np.unique(key, axis=1, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    best = np.full(len(first), -np.inf)
+    np.fmax.at(best, inv, y)
+    if with_tags:
+        return path[first], best, tag[first]
+    return path[first], best
+
+
+def both_ways(ab: np.ndarray, ab_tags: np.ndarray, ba: np.ndarray, ba_tags: np.ndarray) -> np.ndarray:
+    """A pair slow both ways, one unit per round: the two directions of one round share its transients (a
+    round-long dip hits both), so a round counts once, as the better of its two directions (the round is low
+    only if both are); a round with one direction measured keeps it."""
+    vals: dict[int, float] = {}
+    for t, v in zip(ab_tags.tolist(), ab.tolist()):
+        vals[t] = v
+    for t, v in zip(ba_tags.tolist(), ba.tolist()):
+        vals[t] = max(vals[t], v) if t in vals else v
+    return np.array(list(vals.values()), dtype=np.float64)
