@@ -203,3 +203,36 @@ def test_a_sweep_that_timeout_would_cut_is_announced(capsys):
     _warn_if_too_long(config, 32)  # 62 rounds x 17 s = 1054 s
     err = capsys.readouterr().err
     assert "~1054 s" in err and "62 rounds" in err and "--timeout is 600 s" in err
+
+
+def test_retest_repeats_suspect_pairs_with_different_co_runners():
+    pairs = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    rounds = schedule.repeat_rounds(pairs, 3, seed=1)
+    flat = [p for r in rounds for p in r]
+    assert sorted(flat) == sorted(pairs * 3)  # each suspect exactly 3 more times
+    for r in rounds:  # disjoint pairs, at most ceil(sqrt(5)) = 3 per round
+        nodes = [x for p in r for x in p]
+        assert len(nodes) == len(set(nodes)) and len(r) <= 3
+    # a pair's rounds do not all share the same co-runners (a repeated collision would not be a new reading)
+    for p in pairs:
+        mates = {tuple(sorted(q for q in r if q != p)) for r in rounds if p in r}
+        assert len(mates) >= 2, (p, mates)
+    assert schedule.repeat_rounds(pairs, 0) == [] and schedule.repeat_rounds([], 3) == []
+
+
+def test_retest_plan_reruns_the_lowest_suspect_pairs():
+    nodes = [f"n{i}" for i in range(6)]
+    plan = Plan(run_id="x", out_dir="/nonexistent", nodes=nodes,
+                rounds=make_rounds(6, "circle", 0, 1, 0), sizes=[1 << 20])
+    records = [{"kind": "done", "phase": "sweep", "node": n} for n in nodes]
+    for rnd in plan.rounds:
+        for a, b in rnd["pairs"]:
+            bw = {(0, 1): 0.3, (2, 3): 0.5}.get((a, b), 1.0)  # two slow paths, the rest healthy
+            records += [_row(rnd["round"], nodes[a], nodes[b], d, bw) for d in ("a->b", "b->a")]
+    assert retest_plan(plan, records, below=0.8) is None  # a full circle: no new partner, and no repeats asked
+    re = retest_plan(plan, records, below=0.8, repeat_suspects=3, max_suspects=1)
+    again = [tuple(p) for r in re.rounds for p in r["pairs"]]
+    assert again == [(0, 1)] * 3  # only the lowest suspect (max_suspects=1), 3 more times, one per round
+    assert [r["round"] for r in re.rounds] == [len(plan.rounds) + i for i in range(3)]
+    re = retest_plan(plan, records, below=0.8, repeat_suspects=2)
+    assert sorted(tuple(p) for r in re.rounds for p in r["pairs"]) == [(0, 1), (0, 1), (2, 3), (2, 3)]

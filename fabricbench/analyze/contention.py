@@ -91,7 +91,8 @@ def calibrate_loads(y: np.ndarray, size_idx: np.ndarray, load_u: np.ndarray, loa
     sizes = size_idx[idx]
     shift = np.zeros(len(uk))
     for sz in np.unique(sizes):
-        # the level every group is brought to: the least loaded wide group of this size (nearest to uncontended)
+        # the level every wide group is brought to: the least loaded wide group of this size, the nearest to an
+        # uncontended flow, which is the level the even-split share gives the groups too narrow to judge by
         in_size = np.unique(inv[sizes == sz])
         cand = in_size[wide[in_size]]
         if not len(cand):
@@ -99,5 +100,9 @@ def calibrate_loads(y: np.ndarray, size_idx: np.ndarray, load_u: np.ndarray, loa
         loads = uk[cand] % (4096 * 4096)
         lightest = cand[np.argmin((loads // 4096) + (loads % 4096))]
         shift[cand] = med[cand] - med[lightest]
+    before = {int(sz): float(np.median(y[idx][sizes == sz])) for sz in np.unique(sizes)}
     y[idx] -= shift[inv].astype(np.float32)
+    for sz, level in before.items():  # the class keeps its level: only readings relative to each other move
+        sel = idx[sizes == sz]
+        y[sel] += np.float32(level - float(np.median(y[sel])))
     return y, int(wide.sum())

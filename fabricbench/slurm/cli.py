@@ -98,7 +98,7 @@ def _check_numbers(kw: dict) -> None:
               ("gpus_per_node", "--gpus-per-node", 0, limits.MAX_RANKS_PER_NODE, False),
               ("timeout", "--timeout", 0, 30 * 86400, True), ("pair_timeout", "--pair-timeout", 0, 86400, True), ("connect_timeout", "--connect-timeout", 0, 86400, True),
               ("retest_below", "--retest-below", 0, 1, True), ("partners", "--partners", 1, limits.MAX_NODES, False),
-              ("repeat", "--repeat", 1, 1000, False))
+              ("repeat", "--repeat", 1, 1000, False), ("retest_rounds", "--retest-rounds", 0, 100, False))
     for key, option, lo, hi, lo_open in checks:
         if kw.get(key) is not None:
             limits.number(kw[key], option, lo=lo, hi=hi, lo_open=lo_open)
@@ -297,6 +297,9 @@ def register(app: typer.Typer) -> None:
                           "rotation pattern.")),
         _p("retest", bool, O(False, "--retest/--no-retest", help="Measure the nodes of suspect pairs again, each "
                              "with a partner it has not met (one more step).")),
+        _p("retest_rounds", int, O(3, "--retest-rounds", help="--retest: also run each suspect pair (the 64 "
+                                  "lowest) this many more times, with different co-runners each time: a path's "
+                                  "own repeated readings are what tell a modest deficit from noise (0: off).")),
         _p("retest_below", float, O(0.8, "--retest-below", help="A pair is suspect below this fraction of the "
                                     "median pair bandwidth (or with latency above 2.1x the lowest).")),
         _p("serial", bool, O(False, "--serial", help="Run the same pairs one at a time (one pair per round): the "
@@ -411,7 +414,8 @@ def _sweep_config(kw: dict) -> dict:
     return dict(sizes=sizes, iters=kw["iters"], warmup=kw["warmup"], backend=kw["backend"],
                 fabric=fabric, fit_uplinks=bool(kw.get("fit_uplinks", True)),
                 pattern=kw["pattern"], partners=kw["partners"], repeat=kw["repeat"], seed=kw["seed"],
-                retest=kw["retest"], retest_below=kw["retest_below"], per_rail=kw["per_rail"], hcas=hcas,
+                retest=kw["retest"], retest_below=kw["retest_below"],
+                retest_rounds=int(kw.get("retest_rounds", 0) or 0), per_rail=kw["per_rail"], hcas=hcas,
                 serial=kw["serial"],
                 pair_timeout_s=float(kw["pair_timeout"]), connect_timeout_s=float(kw["connect_timeout"]),
                 measure_target_s=float(kw["measure_time"]),
@@ -444,6 +448,7 @@ def _build_plan(config: dict, nodes: list[str], out: str, run_id: str, local: bo
                 step_timeout_s=config.get("step_timeout_s") or config["timeout_s"],
                 ordered=bool(config.get("serial") or (fabric and fabric["uplink_pairs"])),
                 extra={"pattern": config["pattern"], "retest_below": config["retest_below"],
+                       "retest_rounds": config.get("retest_rounds", 0),
                        **({"fabric": fabric} if fabric else {})})
 
 
@@ -488,7 +493,8 @@ def _plan_retest(out: Path):
     plan = Plan.load(plan_path(out))
     meta_path = out / "sweep.json"
     below = json.loads(meta_path.read_text())["config"].get("retest_below", 0.8) if meta_path.exists() else 0.8
-    retest = retest_plan(plan, load_records(out, "sweep"), below=below, seed=plan.extra.get("seed", 0))
+    retest = retest_plan(plan, load_records(out, "sweep"), below=below, seed=plan.extra.get("seed", 0),
+                         repeat_suspects=int(plan.extra.get("retest_rounds", 0) or 0))
     if retest is None:
         return None
     retest.save(plan_path(out, "retest"))

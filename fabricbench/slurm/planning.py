@@ -116,11 +116,18 @@ def find_suspects(records: list[dict], below: float = 0.8, latency_factor: float
     return sorted(out)
 
 
-def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int = 0) -> Plan | None:
-    """A plan that measures each suspect pair's nodes again against new, healthy partners; None if no suspect."""
+def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int = 0, repeat_suspects: int = 0,
+                max_suspects: int = 64) -> Plan | None:
+    """A plan that measures each suspect pair's nodes again against new, healthy partners and, with
+    `repeat_suspects`, the suspect pairs themselves that many more times (the `max_suspects` lowest); None if
+    there is nothing to retest."""
     suspects = find_suspects(records, below)
     if not suspects:
         return None
+    bw = pair_bandwidth(records)
+    lowest: dict[tuple[str, str], float] = {}
+    for k, v in bw.items():
+        lowest[(k[3], k[4])] = min(v, lowest.get((k[3], k[4]), v))
     index = {name: i for i, name in enumerate(plan.nodes)}
     done_nodes = {r["node"] for r in records if r.get("kind") == "done"}
     # Healthy partners: nodes that finished and whose median over their pairs is not low. A node of a suspect
@@ -135,10 +142,13 @@ def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int =
     tested = [tuple(p) for rnd in plan.rounds for p in rnd["pairs"]]
     pairs = schedule.retest_pairs(len(plan.nodes), [(index[a], index[b]) for a, b, _ in suspects
                                                      if a in index and b in index], tested, healthy, seed)
-    if not pairs:
+    again = sorted({(a, b) for a, b, _ in suspects if a in index and b in index},
+                   key=lambda p: lowest.get(p, 0.0))[:max_suspects]
+    repeats = schedule.repeat_rounds([(index[a], index[b]) for a, b in again], repeat_suspects, seed)
+    if not pairs and not repeats:
         return None
     first = max((r["round"] for r in plan.rounds), default=-1) + 1
-    packed = schedule.pack(pairs)
+    packed = schedule.pack(pairs) + repeats
     fabric = plan.extra.get("fabric")
     if fabric and fabric.get("fitted"):  # the retest keeps the sweep's uplink limits
         from fabricbench.slurm.fabric_map import fit_rounds

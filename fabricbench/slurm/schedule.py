@@ -12,10 +12,13 @@ pairs of one round run at the same time. Pairs are written (a, b) with a < b.
 - `pack(pairs)`: any list of pairs into as few rounds of disjoint pairs as a greedy packing finds.
 - `retest_pairs(...)`: for every suspect pair (a, b), a and b each get a partner they have not met, chosen among
   nodes that looked healthy, so a bad node shows up again and a bad path does not (k-of-m confirmation).
+- `repeat_rounds(pairs, k, seed)`: the suspect pairs themselves k more times, with different co-runners each time,
+  so that a path's deficit can be told from the noise by its own repeated measurements.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Sequence
 
@@ -91,6 +94,31 @@ def pack(pairs: Iterable[Pair]) -> list[list[Pair]]:
             rounds.append([_norm(a, b)])
             busy.append({a, b})
     return [sorted(r) for r in rounds]
+
+
+def repeat_rounds(pairs: Sequence[Pair], times: int, seed: int = 0) -> list[list[Pair]]:
+    """Each pair `times` more times, in rounds that differ in their co-runners: each repetition shuffles the
+    pairs and packs them into rounds of at most sqrt(pairs), since a pair rerun with the same co-runners under
+    static routing repeats the same collision and is not a new measurement of its path."""
+    pairs = [_norm(*p) for p in dict.fromkeys(_norm(*p) for p in pairs)]
+    if not pairs or times < 1:
+        return []
+    rng = random.Random(seed)
+    width = max(1, math.isqrt(len(pairs) - 1) + 1)
+    rounds: list[list[Pair]] = []
+    for _ in range(times):
+        order = pairs[:]
+        rng.shuffle(order)
+        mine: list[list[Pair]] = []
+        for a, b in order:
+            for rd in mine:
+                if len(rd) < width and all(a not in p and b not in p for p in rd):
+                    rd.append((a, b))
+                    break
+            else:
+                mine.append([(a, b)])
+        rounds += [sorted(r) for r in mine]
+    return rounds
 
 
 def retest_pairs(n: int, suspects: Sequence[Pair], tested: Iterable[Pair], healthy: Iterable[int],

@@ -511,8 +511,10 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         if npairs and (npairs < 50 or rho >= 0.2):
             upath, uval, utag = pathtest.path_units(resid, s, d, pd_.row_round, n, corunners, collapse,
                                                     with_tags=True)
-            ctx.res.notes.append(f"a path's rounds with the same co-runners count once ({npairs} repeated path "
-                                 f"readings correlate at {rho:.2f}: collisions recur with the schedule)")
+            why = (f"{npairs} repeated path readings correlate at {rho:.2f}: collisions recur with the schedule"
+                   if npairs >= 50 else f"{npairs} repeated path readings are too few to tell whether collisions "
+                   "recur")
+            ctx.res.notes.append(f"a path's rounds with the same co-runners count once ({why})")
         elif npairs:
             ctx.res.notes.append(f"repeated rounds judged as independent ({npairs} path readings with the same "
                                  f"co-runners correlate at {rho:.2f}: collisions do not recur)")

@@ -1,0 +1,115 @@
+"""The single-path test (pathtest.py), the uplink-load calibration (contention.calibrate_loads) and the
+simulator's retest rounds and fault effect (issue 9)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fabricbench.analyze import pathtest
+from fabricbench.analyze.analysis import analyze
+from fabricbench.analyze.contention import calibrate_loads
+from fabricbench.analyze.importers import load
+from fabricbench.analyze.simulate import SimSpec, parse_fault, simulate, write
+from fabricbench.analyze.topo_adapter import fabric_from_leaves
+
+
+def test_binomial_tail_is_exact():
+    assert math.isclose(pathtest.binom_sf(2, 2, 0.1), 0.01)
+    assert math.isclose(pathtest.binom_sf(1, 3, 0.5), 1 - 0.125)
+    assert pathtest.binom_sf(0, 4, 0.3) == 1.0 and pathtest.binom_sf(3, 3, 0.0) == 0.0
+
+
+def test_more_rounds_of_a_modest_deficit_become_significant_and_noise_does_not():
+    rng = np.random.default_rng(0)
+    null = pathtest.Null(rng.standard_normal(20000) * 0.18)
+    slow = -0.36 + rng.standard_normal(12) * 0.18  # a path 30% slow under 18% noise
+    p2, _ = pathtest.scan_p(slow[:2], null)
+    p12, j = pathtest.scan_p(slow, null)
+    assert p12 < p2 / 100 and p12 * 1000 < 0.01  # 12 rounds: beyond chance among 1,000 paths, 2 rounds are not
+    assert p2 * 1000 > 1
+    assert j >= 6  # a majority of its rounds agree
+    healthy = [pathtest.scan_p(rng.standard_normal(12) * 0.18, null)[0] for _ in range(200)]
+    assert min(healthy) > 1e-4  # 200 healthy paths of 12 rounds: none near that bar
+
+
+def test_one_dip_among_many_rounds_is_not_a_path_fault():
+    rng = np.random.default_rng(1)
+    null = pathtest.Null(rng.standard_normal(5000) * 0.03)
+    units = np.r_[rng.standard_normal(5) * 0.03, -0.8]  # five normal rounds and one deep dip
+    assert pathtest.scan_p(units, null)[0] > 0.1
+
+
+def test_both_directions_of_one_round_count_once():
+    ab, ab_t = np.array([-0.5, -0.5]), np.array([3, 7])
+    ba, ba_t = np.array([-0.4, 0.0]), np.array([3, 7])
+    got = sorted(pathtest.both_ways(ab, ab_t, ba, ba_t))
+    assert got == [-0.4, 0.0]  # per round the better direction; round 7 is normal one way, so not low
+
+
+def test_repeat_correlation_tells_recurring_collisions_from_fresh_draws():
+    rng = np.random.default_rng(2)
+    paths = np.repeat(np.arange(300), 2)
+    tags = np.tile([0, 1], 300)  # rounds 0 and 1 ran with the same co-runners
+    sig = {0: 5, 1: 5}
+    among = np.ones(300, dtype=bool)
+    fresh = rng.standard_normal(600)
+    rho, n = pathtest.repeat_correlation(paths, tags, fresh, sig, among)
+    assert n == 300 and abs(rho) < 0.2
+    collision = np.repeat(rng.standard_normal(300), 2) + rng.standard_normal(600) * 0.1
+    rho, _ = pathtest.repeat_correlation(paths, tags, collision, sig, among)
+    assert rho > 0.8
+
+
+def test_calibration_brings_each_uplink_load_to_what_it_really_yields():
+    rng = np.random.default_rng(3)
+    n = 4000
+    ls, ld = rng.integers(0, 8, n), rng.integers(0, 8, n)
+    ld = np.where(ld == ls, (ld + 1) % 8, ld)
+    lu = rng.integers(6, 10, n).astype(np.int32)  # flows out of the source leaf in the round
+    lo = rng.integers(6, 10, n).astype(np.int32)  # ... into the destination leaf
+    yields = -0.05 * np.maximum(lu, lo)  # static hashing: heavier loads yield less than the even split says
+    y = (yields + rng.standard_normal(n) * 0.01).astype(np.float32)
+    slow = ls == 2  # leaf 2's uplink 15% short: its flows read low at every load
+    y[slow] += np.log(0.85)
+    size = np.zeros(n, dtype=np.int16)
+    out, groups = calibrate_loads(y, size, lu, lo, ls, ld)
+    assert groups == 16
+    healthy = out[~slow & (ls != 2) & (ld != 2)]
+    assert float(np.std(y[~slow & (ld != 2)])) > 0.04  # before: the load trend spreads healthy flows
+    assert float(np.std(healthy)) < 0.015  # after: every load judged against what it yields
+    level = float(np.median(healthy))
+    assert float(np.median(out[slow])) - level < np.log(0.88)  # the short uplink is not calibrated away
+
+
+def test_simulated_retest_keeps_the_sweep_and_adds_rounds_with_other_co_runners(tmp_path):
+    spec = SimSpec(nodes=16, leaves=4, repeats=2, seed=3)
+    sweep, _ = simulate(spec)
+    spec.retest, spec.retest_rounds = [("node0001", "node0005"), ("node0002", "node0009")], 3
+    both, truth = simulate(spec)
+    assert both.iloc[:len(sweep)]["algbw_gbps"].equals(sweep["algbw_gbps"])  # the sweep's readings unchanged
+    extra = both.iloc[len(sweep):]
+    assert truth["retest"]["rounds"] == 3 and len(extra) == 2 * 3 * 2 * 2  # pairs x rounds x directions x sizes
+    assert extra["round"].min() > sweep["round"].max()
+
+
+def test_fault_effect_says_when_contention_masks_a_fault():
+    kw = dict(nodes=32, leaves=4, spines=4, oversubscription=2.0, routing="static", seed=4)
+    _, t = simulate(SimSpec(faults=[parse_fault("nic:node0005:0.7")], **kw))
+    assert t["fault_effect"]["max"] > 0.25 and t["fault_effect"]["measurements_5pct"] > 20
+    _, t = simulate(SimSpec(**kw))
+    assert t["fault_effect"] == {"max": 0.0, "measurements_5pct": 0}
+
+
+def test_retest_confirms_a_path_one_noisy_sweep_cannot(tmp_path):
+    kw = dict(nodes=48, leaves=6, noise=0.18, heavy=True, repeats=2, seed=11,
+              faults=[parse_fault("pair:node0007->node0031:0.7")])
+    out, truth = write(SimSpec(**kw), tmp_path / "one")
+    res = analyze(load(out), fabric_from_leaves(truth["leaves"]))
+    assert not [v for v in res.faults() if v.kind == "link"]
+    sus = [(s["src"], s["dst"]) for s in res.suspect_paths[:20]]
+    assert ("node0007", "node0031") in sus
+    out, truth = write(SimSpec(retest=sus, retest_rounds=4, **kw), tmp_path / "two")
+    res = analyze(load(out), fabric_from_leaves(truth["leaves"]))
+    assert [v.component for v in res.faults()] == ["node0007->node0031"]
