@@ -8,6 +8,8 @@ failures, and one of two fabrics:
   nonblocking   1:1 leaves, adaptive routing
   oversub-static 2:1 oversubscribed leaves, static ECMP routing over the spines (hash collisions recur for a
                 pair whenever the schedule repeats); the analyzer is given the topology (leaves, spines, 2:1)
+  oversub-static-fitted  the same fabric with the rounds fitted to the uplinks (at most uplink capacity / host
+                rate cross-leaf pairs per leaf and round), as `sweep pairwise` schedules with a topology
 
 Healthy scenarios count exit 0. Faulty scenarios inject one fault of a kind and size:
   nic (both directions), nic-rx, nic-tx, flap (NIC at FACTOR in 30% of rounds), pair (directed), uplink (a leaf's)
@@ -42,7 +44,9 @@ from fabricbench.analyze.topo_adapter import fabric_from_leaves  # noqa: E402
 KINDS = ["nic", "nic-rx", "nic-tx", "flap", "pair", "uplink"]
 SIZES = [0.15, 0.3, 0.5]
 FABRICS = {"nonblocking": dict(oversubscription=1.0, routing="adaptive"),
-           "oversub-static": dict(oversubscription=2.0, routing="static")}
+           "oversub-static": dict(oversubscription=2.0, routing="static"),
+           # the same fabric swept as `sweep pairwise` does with its topology: rounds fitted to the uplinks
+           "oversub-static-fitted": dict(oversubscription=2.0, routing="static", pattern="fitted")}
 
 
 def match(truth: Fault, v) -> bool:
@@ -136,7 +140,7 @@ class Tally:
 
 def markdown(stage: dict, title: str) -> str:
     cols = sorted({(r["noise"], r["fabric"]) for r in stage["recall"]} | {(r["noise"], r["fabric"]) for r in stage["healthy_exit0"]})
-    name = {"nonblocking": "non-blocking", "oversub-static": "2:1 static"}
+    name = {"nonblocking": "non-blocking", "oversub-static": "2:1 static", "oversub-static-fitted": "2:1 static, fitted"}
     head = "| | " + " | ".join(f"{100 * n:.0f}% {name.get(f, f)}" for n, f in cols) + " |"
     lines = [f"### {title}", "", head, "|---" * (len(cols) + 1) + "|"]
     frac = lambda a, b: f"{a}/{b} = {a / b:.2f}" if b else "-"  # noqa: E731
@@ -176,6 +180,7 @@ def main() -> int:
     ap.add_argument("--healthy", type=int, default=20, help="healthy scenarios per noise level and fabric")
     ap.add_argument("--per-cell", type=int, default=4, help="scenarios per fault kind, size, noise level, fabric")
     ap.add_argument("--noise", default="0.03,0.18")
+    ap.add_argument("--fabrics", default=",".join(FABRICS), help="which of " + ", ".join(FABRICS))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--retest-top", type=int, default=20, help="second stage: the analysis's N most suspect paths "
                     "measured again (0: one stage only)")
@@ -204,24 +209,29 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
-        for noise in [float(x) for x in args.noise.split(",")]:
-            for fname, fkw in FABRICS.items():
-                base = dict(nodes=args.nodes, leaves=leaves, spines=args.spines, noise=noise, heavy=True,
-                            dips=0.01, failures=0.002, repeats=args.repeats, **fkw)
-                key = (noise, fname)
-                for _ in range(args.healthy):
-                    spec = SimSpec(seed=args.seed + k, **base)
-                    label = f"noise {noise} {fname} seed {spec.seed}"
-                    both(tmp, spec, fkw, lambda t, res, truth, label=label: t.healthy_run(key, res, label))
-                for kind in KINDS:
-                    for size in SIZES:
-                        for _ in range(args.per_cell):
-                            spec = SimSpec(seed=args.seed + k, **base)
-                            f = fault(rng, kind, size, spec.hosts(), spec.leaves_map())
-                            spec.faults = [f]
-                            label = f"noise {noise} {fname} seed {spec.seed}"
-                            both(tmp, spec, fkw, lambda t, res, truth, f=f, size=size, label=label:
-                                 t.faulty_run(key, size, f, res, truth, label))
+        noises = [float(x) for x in args.noise.split(",")]
+        chosen = args.fabrics.split(",")
+        # the first two fabrics by noise level, then the fitted one (seeds stay those of earlier runs)
+        cells = [(x, f) for x in noises for f in chosen if f != "oversub-static-fitted"]
+        cells += [(x, f) for x in noises for f in chosen if f == "oversub-static-fitted"]
+        for noise, fname in cells:
+            fkw = FABRICS[fname]
+            base = dict(nodes=args.nodes, leaves=leaves, spines=args.spines, noise=noise, heavy=True,
+                        dips=0.01, failures=0.002, repeats=args.repeats, **fkw)
+            key = (noise, fname)
+            for _ in range(args.healthy):
+                spec = SimSpec(seed=args.seed + k, **base)
+                label = f"noise {noise} {fname} seed {spec.seed}"
+                both(tmp, spec, fkw, lambda t, res, truth, label=label: t.healthy_run(key, res, label))
+            for kind in KINDS:
+                for size in SIZES:
+                    for _ in range(args.per_cell):
+                        spec = SimSpec(seed=args.seed + k, **base)
+                        f = fault(rng, kind, size, spec.hosts(), spec.leaves_map())
+                        spec.faults = [f]
+                        label = f"noise {noise} {fname} seed {spec.seed}"
+                        both(tmp, spec, fkw, lambda t, res, truth, f=f, size=size, label=label:
+                             t.faulty_run(key, size, f, res, truth, label))
     summary = {
         "nodes": args.nodes, "leaves": leaves, "spines": args.spines, "repeats": args.repeats,
         "retest": {"top": args.retest_top, "rounds": args.retest_rounds},

@@ -1,5 +1,5 @@
 """The single-path test (pathtest.py), the uplink-load calibration (contention.calibrate_loads) and the
-simulator's retest rounds and fault effect (issue 9)."""
+simulator's retest rounds, fitted rounds and fault effect (issue 9)."""
 
 from __future__ import annotations
 
@@ -113,3 +113,19 @@ def test_retest_confirms_a_path_one_noisy_sweep_cannot(tmp_path):
     out, truth = write(SimSpec(retest=sus, retest_rounds=4, **kw), tmp_path / "two")
     res = analyze(load(out), fabric_from_leaves(truth["leaves"]))
     assert [v.component for v in res.faults()] == ["node0007->node0031"]
+
+
+def test_fitted_pattern_keeps_every_round_within_the_uplinks():
+    spec = SimSpec(nodes=32, leaves=4, spines=4, oversubscription=2.0, routing="static", pattern="fitted", seed=5)
+    frame, _ = simulate(spec)
+    leaf = spec.leaves_map()
+    one = frame[(frame["direction"] == "a->b") & (frame["size_bytes"] == frame["size_bytes"].max())]
+    pairs = {tuple(sorted((a, b))) for a, b in zip(one["node_a"].astype(str), one["node_b"].astype(str))}
+    assert len(pairs) == 32 * 31 // 2  # still every pair
+    for _, rnd in one.groupby("round"):
+        load: dict[str, int] = {}
+        for a, b in zip(rnd["node_a"].astype(str), rnd["node_b"].astype(str)):
+            if leaf[a] != leaf[b]:
+                for x in (leaf[a], leaf[b]):
+                    load[x] = load.get(x, 0) + 1
+        assert max(load.values(), default=0) <= 4  # 8 hosts per leaf at 2:1: 4 pairs at full rate

@@ -236,3 +236,13 @@ def test_retest_plan_reruns_the_lowest_suspect_pairs():
     assert [r["round"] for r in re.rounds] == [len(plan.rounds) + i for i in range(3)]
     re = retest_plan(plan, records, below=0.8, repeat_suspects=2)
     assert sorted(tuple(p) for r in re.rounds for p in r["pairs"]) == [(0, 1), (0, 1), (2, 3), (2, 3)]
+
+
+def test_retest_repeats_never_put_two_pairs_on_one_leaf():
+    leaves = ["l1", "l1", "l2", "l2", "l3", "l3", "l4", "l4"]
+    pairs = [(0, 2), (1, 3), (4, 6), (5, 7), (0, 1)]  # (0,2) and (1,3) both cross l1-l2: they may collide
+    rounds = schedule.repeat_rounds(pairs, 2, seed=3, leaves=leaves)
+    assert sorted(p for r in rounds for p in r) == sorted(pairs * 2)
+    for r in rounds:
+        per_pair = [{leaves[x] for x in p} for p in r]
+        assert all(not (a & b) for i, a in enumerate(per_pair) for b in per_pair[i + 1:]), r

@@ -104,7 +104,7 @@ def simulate_cmd(
     spines: int = typer.Option(1, "--spines", help="Number of spines."),
     rails: int = typer.Option(1, "--rails", help="NICs (rails) per node; >1 writes per-rail pair rows."),
     gpus: int = typer.Option(0, "--gpus", help="GPUs per node: also write GPU x GPU rows (NVSwitch-like)."),
-    pattern: str = typer.Option("all", "--pattern", help="all | random-K"),
+    pattern: str = typer.Option("all", "--pattern", help="all | fitted (all pairs, rounds fitted to oversubscribed uplinks, as the sweep does) | random-K"),
     sizes: str = typer.Option("256M,1G", "--sizes", help="Comma-separated sizes."),
     repeats: int = typer.Option(1, "--repeats", help="Times every pair is measured (in different rounds)."),
     fault: Optional[List[str]] = typer.Option(None, "--fault", help="KIND:TARGET[:FACTOR], repeatable (docs/analyze.md)."),

@@ -2,7 +2,9 @@
 
 Fabric: N nodes on L leaves (node names node0001..., leaves leaf1...), S spines; optional R rails per node
 (one NIC per rail) and G GPUs per node (NVSwitch-style GPU x GPU matrix). Pattern: `all` (circle method:
-n-1 rounds of n/2 disjoint pairs, both directions) or `random-K` (K rounds of a random perfect matching).
+n-1 rounds of n/2 disjoint pairs, both directions), `fitted` (the circle re-packed so that no round loads a
+leaf's uplinks beyond what they carry at full rate, as `sweep pairwise` does with an oversubscribed topology)
+or `random-K` (K rounds of a random perfect matching).
 
 Faults (`KIND:TARGET[:FACTOR]`, FACTOR = fraction of the rate left, default 0.5):
   nic:node0005[:0.5]          node's NIC(s) (both directions; `nic:node0005/2` one rail)
@@ -164,31 +166,43 @@ def _pairs(n: int, pattern: str, rng: np.random.Generator) -> tuple[np.ndarray, 
     raise UsageError(f"--pattern {pattern!r}: expected all or random-K")
 
 
+def _fit_to_uplinks(spec: SimSpec, a, b, rnd, hosts: list[str], leaf_map: dict[str, str]):
+    """The circle's pairs re-packed as `sweep pairwise` does with an oversubscribed topology (--fit-uplinks, the
+    default): no round puts more cross-leaf pairs on a leaf's uplinks than they carry at full host rate."""
+    from fabricbench.slurm.fabric_map import fit_rounds
+
+    per_leaf: dict[str, int] = {}
+    for h in hosts:
+        per_leaf[leaf_map[h]] = per_leaf.get(leaf_map[h], 0) + 1
+    limit = {leaf: max(1, int(math.floor(k / spec.oversubscription + 1e-9))) for leaf, k in per_leaf.items()
+             if spec.oversubscription > 1.0}
+    order = np.argsort(rnd, kind="stable")
+    rounds: list[list[tuple[int, int]]] = []
+    for i in order:
+        while len(rounds) <= rnd[i]:
+            rounds.append([])
+        rounds[rnd[i]].append((int(a[i]), int(b[i])))
+    packed = fit_rounds(rounds, [leaf_map[h] for h in hosts], limit)
+    fa = np.array([p[0] for r in packed for p in r], dtype=np.int64)
+    fb = np.array([p[1] for r in packed for p in r], dtype=np.int64)
+    fr = np.array([k for k, r in enumerate(packed) for _ in r], dtype=np.int64)
+    return fa, fb, fr
+
+
 def _retest_schedule(spec: SimSpec, hi: dict[str, int], first_round: int):
-    """The retest pairs, each in `retest_rounds` more rounds after the sweep. Each repetition shuffles the pairs
-    and packs them into rounds of at most sqrt(pairs) (a node in one pair per round), so that a pair's rounds
-    run with different co-runners: under static routing the same co-runners would repeat the same collision."""
+    """The retest pairs, each in `retest_rounds` more rounds after the sweep, scheduled as `sweep pairwise
+    --retest-rounds` does (slurm.schedule.repeat_rounds): different co-runners each time, no two pairs of a
+    round on the same leaf."""
+    from fabricbench.slurm.schedule import repeat_rounds
+
     pairs = []
     for x, y in spec.retest:
         if x not in hi or y not in hi or x == y:
             raise UsageError(f"retest pair {x}-{y}: no such pair of nodes")
         pairs.append((hi[x], hi[y]))
-    if not pairs:
-        return (np.zeros(0, np.int64),) * 3
-    rng = np.random.default_rng([spec.seed, 7])
-    width = max(1, math.isqrt(len(pairs) - 1) + 1)
-    rounds: list[list[tuple[int, int]]] = []
-    for _ in range(spec.retest_rounds):
-        mine: list[list[tuple[int, int]]] = []
-        for k in rng.permutation(len(pairs)):
-            pair = pairs[int(k)]
-            for rd in mine:
-                if len(rd) < width and all(pair[0] not in p and pair[1] not in p for p in rd):
-                    rd.append(pair)
-                    break
-            else:
-                mine.append([pair])
-        rounds += mine
+    leaf_map = spec.leaves_map()
+    leaves = [leaf_map[h] for h in spec.hosts()]
+    rounds = repeat_rounds(pairs, spec.retest_rounds, seed=spec.seed, leaves=leaves)
     ra = np.array([p[0] for rd in rounds for p in rd], dtype=np.int64)
     rb = np.array([p[1] for rd in rounds for p in rd], dtype=np.int64)
     rr = np.array([first_round + k for k, rd in enumerate(rounds) for _ in rd], dtype=np.int64)
@@ -267,7 +281,9 @@ def _simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
             if f.target not in li:
                 raise UsageError(f"--fault {f.kind}:{f.target}: no such leaf ({', '.join(leaf_names)})")
             (up if f.kind == "uplink" else sw)[li[f.target]] *= f.factor
-    a, b, rnd = _pairs(n, spec.pattern, rng)
+    a, b, rnd = _pairs(n, "all" if spec.pattern == "fitted" else spec.pattern, rng)
+    if spec.pattern == "fitted":
+        a, b, rnd = _fit_to_uplinks(spec, a, b, rnd, hosts, leaf_map)
     reps = max(spec.repeats, 1)
     rounds_per_rep = int(rnd.max()) + 1 if len(rnd) else 1
     n0 = len(a)

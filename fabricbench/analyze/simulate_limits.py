@@ -17,6 +17,8 @@ def check_simulation(nodes: int, leaves: int, spines: int, rails: int, gpus: int
             raise UsageError(f"simulate: {option} {value} is above the limit {hi}")
     if not 1 <= nsizes <= 64:
         raise UsageError(f"simulate: --sizes gives {nsizes} sizes; give 1 to 64")
+    if pattern == "fitted" and nodes > 512:
+        raise UsageError(f"simulate: --pattern fitted packs rounds pair by pair; up to 512 nodes (got {nodes})")
     partners = nodes - 1
     if pattern.startswith("random-") and pattern[7:].isdigit():
         partners = min(partners, int(pattern[7:]))

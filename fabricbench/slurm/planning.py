@@ -144,16 +144,18 @@ def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int =
                                                      if a in index and b in index], tested, healthy, seed)
     again = sorted({(a, b) for a, b, _ in suspects if a in index and b in index},
                    key=lambda p: lowest.get(p, 0.0))[:max_suspects]
-    repeats = schedule.repeat_rounds([(index[a], index[b]) for a, b in again], repeat_suspects, seed)
+    fabric = plan.extra.get("fabric")
+    repeats = schedule.repeat_rounds([(index[a], index[b]) for a, b in again], repeat_suspects, seed,
+                                     leaves=fabric.get("leaves") if fabric else None)
     if not pairs and not repeats:
         return None
     first = max((r["round"] for r in plan.rounds), default=-1) + 1
-    packed = schedule.pack(pairs) + repeats
-    fabric = plan.extra.get("fabric")
+    packed = schedule.pack(pairs)
     if fabric and fabric.get("fitted"):  # the retest keeps the sweep's uplink limits
         from fabricbench.slurm.fabric_map import fit_rounds
 
         packed = fit_rounds(packed, fabric["leaves"], fabric["uplink_pairs"])
+    packed += repeats  # at most one pair per leaf in each: within any uplink's limit
     rounds = [{"round": first + i, "repeat": 0, "pairs": [list(p) for p in rnd]}
               for i, rnd in enumerate(packed)]
     data = dict(plan.__dict__)

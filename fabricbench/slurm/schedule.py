@@ -96,27 +96,40 @@ def pack(pairs: Iterable[Pair]) -> list[list[Pair]]:
     return [sorted(r) for r in rounds]
 
 
-def repeat_rounds(pairs: Sequence[Pair], times: int, seed: int = 0) -> list[list[Pair]]:
+def repeat_rounds(pairs: Sequence[Pair], times: int, seed: int = 0,
+                  leaves: Sequence[str | None] | None = None) -> list[list[Pair]]:
     """Each pair `times` more times, in rounds that differ in their co-runners: each repetition shuffles the
     pairs and packs them into rounds of at most sqrt(pairs), since a pair rerun with the same co-runners under
-    static routing repeats the same collision and is not a new measurement of its path."""
+    static routing repeats the same collision and is not a new measurement of its path. With `leaves` (each
+    node's leaf), no two pairs of a round touch the same leaf: suspects are often the pairs that collided on
+    one spine link, and rerun side by side they would collide again."""
     pairs = [_norm(*p) for p in dict.fromkeys(_norm(*p) for p in pairs)]
     if not pairs or times < 1:
         return []
     rng = random.Random(seed)
     width = max(1, math.isqrt(len(pairs) - 1) + 1)
+
+    def touched(p: Pair) -> set:
+        if leaves is None:
+            return set()
+        return {leaves[x] for x in p if leaves[x] is not None}
+
     rounds: list[list[Pair]] = []
     for _ in range(times):
         order = pairs[:]
         rng.shuffle(order)
         mine: list[list[Pair]] = []
+        used: list[set] = []
         for a, b in order:
-            for rd in mine:
-                if len(rd) < width and all(a not in p and b not in p for p in rd):
+            mark = touched((a, b))
+            for rd, seen in zip(mine, used):
+                if len(rd) < width and all(a not in p and b not in p for p in rd) and not (mark & seen):
                     rd.append((a, b))
+                    seen |= mark
                     break
             else:
                 mine.append([(a, b)])
+                used.append(set(mark))
         rounds += [sorted(r) for r in mine]
     return rounds
 
