@@ -60,6 +60,14 @@ def test_repeat_correlation_tells_recurring_collisions_from_fresh_draws():
     collision = np.repeat(rng.standard_normal(300), 2) + rng.standard_normal(600) * 0.1
     rho, _ = pathtest.repeat_correlation(paths, tags, collision, sig, among)
     assert rho > 0.8
+    # rounds fitted to the uplinks: most flows ran alone, a few collided, and those recur in every repeat
+    few = np.zeros(300)
+    few[:6] = -0.5
+    few = np.repeat(few, 2) + rng.standard_normal(600) * 0.1
+    ranks = np.argsort(np.argsort(few))
+    assert abs(float(np.corrcoef(ranks[::2], ranks[1::2])[0, 1])) < 0.2  # a rank correlation misses them
+    rho, _ = pathtest.repeat_correlation(paths, tags, few, sig, among)
+    assert rho >= 0.2
 
 
 def test_calibration_brings_each_uplink_load_to_what_it_really_yields():

@@ -34,7 +34,7 @@ class Thresholds:
     baseline_drop: float = 0.05
     expected_fraction: float = 0.90
     min_spread: float = 0.01
-    pair_sigmas: float = 5.0
+    pair_sigmas: float = 3.0
     component_sigmas: float = 4.0
     min_confidence: float = 0.5
     nvlink_min: float = 0.03

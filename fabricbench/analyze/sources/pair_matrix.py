@@ -458,13 +458,19 @@ def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
 
 
 def _round_corunners(pd_) -> dict[int, int]:
-    """A signature of the set of paths that ran in each round (the smallest hash of its paths, over the rows of
-    one size: a MinHash): two rounds with the same co-runners have the same signature, and still do, but for
-    the rare round whose smallest-hash path failed, when a transient failure left a row out of one of them."""
+    """A signature of the set of paths scheduled in each round (the smallest hash of its paths: a MinHash over
+    the rows of one size and the pairs that failed in it, so that a transient failure does not change the
+    round's schedule): two rounds with the same co-runners have the same signature."""
     if pd_.row_round is None or not len(pd_.row_round) or pd_.row_size is None:
         return {}
     one = pd_.row_size == pd_.row_size.max()
     s, d, r = pd_.row_src[one].astype(np.uint64), pd_.row_dst[one].astype(np.uint64), pd_.row_round[one]
+    failed = [(a, b, x) for (a, b), rounds in pd_.failed_rounds.items() for x in rounds]
+    if failed:
+        fa, fb, fr = (np.array(col) for col in zip(*failed))
+        s = np.concatenate([s, fa.astype(np.uint64)])
+        d = np.concatenate([d, fb.astype(np.uint64)])
+        r = np.concatenate([r.astype(np.int64), fr.astype(np.int64)])
     h = (s * np.uint64(0x9E3779B97F4A7C15) + d * np.uint64(0xC2B2AE3D27D4EB4F)) ^ (s << np.uint64(32)) ^ d
     h = h * np.uint64(0xFF51AFD7ED558CCD)
     ur, inv = np.unique(r, return_inverse=True)
@@ -511,17 +517,17 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         if npairs and (npairs < 50 or rho >= 0.2):
             upath, uval, utag = pathtest.path_units(resid, s, d, pd_.row_round, n, corunners, collapse,
                                                     with_tags=True)
-            why = (f"{npairs} repeated path readings correlate at {rho:.2f}: collisions recur with the schedule"
+            why = (f"{npairs} repeated path readings depend at {rho:.2f}: collisions recur with the schedule"
                    if npairs >= 50 else f"{npairs} repeated path readings are too few to tell whether collisions "
                    "recur")
             ctx.res.notes.append(f"a path's rounds with the same co-runners count once ({why})")
         elif npairs:
             ctx.res.notes.append(f"repeated rounds judged as independent ({npairs} path readings with the same "
-                                 f"co-runners correlate at {rho:.2f}: collisions do not recur)")
+                                 f"co-runners depend at {rho:.2f}, low readings included: collisions do not recur)")
     if not len(upath):
         return out + _failed_pairs(pd_, names, healthy, tested, spread)
     nulls = _class_nulls(upath, uval, null_cls)
-    # screen: the path's median unit below the fleet rule and 2 standard errors of its class's units (the rest
+    # screen: the path's median unit below the fleet rule and a standard error of its class's units (the rest
     # cannot reach significance; those that do not are the retest list)
     order = np.argsort(upath, kind="stable")
     up_s, uv_s, ut_s = upath[order], uval[order], utag[order]
@@ -530,10 +536,10 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     sig_c = np.array([nulls[int(c)].spread for c in null_cls.reshape(-1)[paths]])
     with np.errstate(invalid="ignore", divide="ignore"):
         z = med / (np.maximum(sig_c, 1e-3) / np.sqrt(counts))
-    cand = np.flatnonzero((med < -rel) & (z < -2.0))
-    if len(cand) > 500:
-        ctx.res.caveats.append(f"{len(cand)} directed pairs read low beyond their ends' terms; the 500 worst are judged")
-        cand = cand[np.argsort(z[cand])[:500]]
+    cand = np.flatnonzero((med < -rel) & (z < -1.0))
+    if len(cand) > 2000:
+        ctx.res.caveats.append(f"{len(cand)} directed pairs read low beyond their ends' terms; the 2000 worst are judged")
+        cand = cand[np.argsort(z[cand])[:2000]]
     units_of = {int(paths[c]): uv_s[first[c]:first[c] + counts[c]] for c in cand}
     tags_of = {int(paths[c]): ut_s[first[c]:first[c] + counts[c]] for c in cand}
     rounds_of: dict[int, set] = {}
@@ -543,6 +549,11 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
             rounds_of.setdefault(a * n + b, set()).add(int(r))
     done: set = set()
     suspects: list[dict] = []
+    by_round = None
+    if leaf is not None and pd_.row_round is not None:
+        order_r = np.argsort(pd_.row_round, kind="stable")
+        ur, first_r = np.unique(pd_.row_round[order_r], return_index=True)
+        by_round = (order_r, {int(x): (int(a), int(b)) for x, a, b in zip(ur, first_r, np.r_[first_r[1:], len(order_r)])})
     for p in sorted(units_of, key=lambda x: float(np.median(units_of[x]))):
         i, j = divmod(p, n)
         if p in done or (i, j) in pd_.failed and pd_.Y[i, j] <= DEAD:
@@ -569,8 +580,13 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
                                    "confirm"),
                 details=[f"p = {p_val:.2g} against {len(null.values)} units of its class; {tested} paths tested"],
                 retest=[f"{a}->{b} (twice, in different rounds)"], identifiers={"hosts": [a, b]}, hosts=[a, b]))
-        if k < 2 or chance > FALSE_ALARM_BUDGET:
+        # and its level itself beyond the noise: its median over rounds, in standard errors of its class's units
+        z_path = dpt / (max(float(null.spread), 1e-3) / math.sqrt(k))
+        if k < 2 or chance > FALSE_ALARM_BUDGET or z_path < th.pair_sigmas:
             suspects.append({"path": comp, "src": a, "dst": b, "both": both, "deficit": 1 - math.exp(-dpt),
+                             "collided": bool(leaf is not None and dpt > 3 * float(null.spread)
+                                              and _collided(i, j, dpt, rounds_of.get(p, set()), leaf, s, d,
+                                                            pd_.row_round, resid, by_round)),
                              "units": k, "chance": chance})
             continue
         partner = _retest_partners({i, j}, names, healthy, leaf, 1)
@@ -590,7 +606,9 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
             measurements=[{"pair": f"{a}->{b}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}],
             retest=[f"{a}->{b} (twice, in different rounds)"] + ([f"{a}->{partner[0]}"] if partner else []),
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
-    suspects.sort(key=lambda x: x["chance"])
+    # the retest list: paths low alone first; a path that was low together with another flow out of its source
+    # leaf or into its destination leaf, about as low, in each of its rounds is most likely a collision
+    suspects.sort(key=lambda x: (x["collided"], x["chance"]))
     ctx.res.suspect_paths = suspects[:200]
     for sp in suspects[:10]:
         if sp["chance"] > 1.0:
@@ -603,6 +621,23 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
                      f"retest {sp['src']}->{sp['dst']} in 3 more rounds"),
             identifiers={"hosts": [sp["src"], sp["dst"]]}, hosts=[sp["src"], sp["dst"]]))
     return out + _failed_pairs(pd_, names, healthy, tested, spread)
+
+
+def _collided(i: int, j: int, depth: float, rounds: set, leaf, s, d, rnd, resid, by_round) -> bool:
+    """Was path i->j, in every round it ran, low together with another cross-leaf flow out of its source leaf or
+    into its destination leaf, about as deep (half to 1.5 times)? Colliding flows share one link and read alike.
+    Asked only of a path low well beyond its class's noise, where a co-runner that low is not noise."""
+    if by_round is None or leaf[i] == leaf[j] or not rounds:
+        return False
+    order, span = by_round
+    for r in rounds:
+        a, b = span.get(int(r), (0, 0))
+        rows = order[a:b]
+        rs, rd = s[rows], d[rows]
+        near = ((leaf[rs] == leaf[i]) | (leaf[rd] == leaf[j])) & (leaf[rs] != leaf[rd]) & ~((rs == i) & (rd == j))
+        if not np.any(near & (resid[rows] < -0.5 * depth) & (resid[rows] > -1.5 * depth)):
+            return False
+    return True
 
 
 def _class_nulls(upath: np.ndarray, uval: np.ndarray, null_cls: np.ndarray) -> dict[int, pathtest.Null]:
