@@ -558,7 +558,11 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         i, j = divmod(p, n)
         if p in done or (i, j) in pd_.failed and pd_.Y[i, j] <= DEAD:
             continue
-        both = (j * n + i) in units_of and (j * n + i) not in done
+        # one verdict for a pair slow both ways only when each direction is beyond chance on its own (a reverse
+        # direction that merely reads a little low would dilute a one-way fault)
+        both = (j * n + i) in units_of and (j * n + i) not in done and all(
+            tested * pathtest.scan_p(units_of[x], nulls[int(null_cls[i, j])])[0] <= FALSE_ALARM_BUDGET
+            for x in (p, j * n + i))
         done |= {p, j * n + i} if both else {p}
         units = pathtest.both_ways(units_of[p], tags_of[p], units_of[j * n + i], tags_of[j * n + i]) if both \
             else units_of[p]
