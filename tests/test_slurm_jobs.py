@@ -18,8 +18,12 @@ from fabricbench.slurm import jobs
 from tests.conftest import REPO
 
 FAKE = r'''#!{python}
-import json, os, sys
+import fcntl, json, os, sys
 state_path = os.environ["FAKE_SLURM_STATE"]
+# one fake command at a time: a squeue poll that read the state before scancel ran must not write it back
+# over scancel's record (a lost update under load)
+lock = open(state_path + ".lock", "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
 state = json.load(open(state_path))
 name = os.path.basename(sys.argv[0])
 args = sys.argv[1:]

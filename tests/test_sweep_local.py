@@ -118,7 +118,8 @@ def test_hung_node_is_timed_out_and_the_survivors_finish(tmp_path):
 
 def test_slow_node_stands_out_and_random_pattern_with_retest(tmp_path):
     """A node whose sends are slow (injected delay) is low in every pair it is in; random partners with a
-    retest re-measure the suspect pairs' nodes against new partners (an extra step, not one per pair)."""
+    retest re-measure the suspect pairs' nodes against new partners and the suspect pairs themselves 3 more
+    times (an extra step, not one per pair)."""
     res, out, _ = _sweep(tmp_path, 6, "-b", "256K", "--pattern", "random", "--partners", "2", "--retest", "--seed", "3",
                          "--retest-below", "0.5", env={"FABRICBENCH_SWEEP_INJECT": "slow@node4:ms=40"})
     assert res.returncode == 0, res.stderr + res.stdout
@@ -136,7 +137,16 @@ def test_slow_node_stands_out_and_random_pattern_with_retest(tmp_path):
     assert len(retest) >= 1
     assert ((retest["node_a"] == "node4") | (retest["node_b"] == "node4")).any()
     met = {tuple(sorted(p)) for p in main[["node_a", "node_b"]].drop_duplicates().itertuples(index=False)}
-    assert all(tuple(sorted(p)) not in met for p in retest[["node_a", "node_b"]].itertuples(index=False))
+    pairs = [tuple(sorted(p)) for p in retest[["node_a", "node_b"]].itertuples(index=False)]
+    new = [p for p in pairs if p not in met]
+    again = [p for p in pairs if p in met]
+    assert any("node4" in p for p in new)  # node4 with a partner it had not met
+    # --retest-rounds (default 3): each suspect pair (node4's, and any other that read low) itself 3 more times,
+    # in 3 different rounds
+    assert any("node4" in p for p in again)
+    assert all(again.count(p) == 3 for p in set(again))
+    assert all(len(set(retest[[tuple(sorted(x)) == p for x in retest[["node_a", "node_b"]].itertuples(index=False)]]
+                       ["round"])) == 3 for p in set(again))
     assert "node4" in res.stdout and "LOW" in res.stdout
 
 
