@@ -506,7 +506,8 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     s, d = pd_.row_src, pd_.row_dst
     off = fit.offsets[cls_m[s, d]] if len(fit.offsets) else 0.0
     pred = fit.predicted[s, d]
-    resid = np.where(ends_ok[s, d] & np.isfinite(pred), pd_.row_y - off - pred, np.nan)
+    resid = np.where(ends_ok[s, d] & np.isfinite(pred), pd_.row_y - off - pred, np.nan).astype(np.float32)
+    del off, pred
     # where concurrent flows can collide, a cross-leaf path's rounds that ran with the same co-runners may repeat
     # one collision: they count once if the data says they do (their readings correlate), else each is a unit
     upath, uval, utag = pathtest.path_units(resid, s, d, pd_.row_round, n, with_tags=True)
@@ -529,11 +530,12 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     nulls = _class_nulls(upath, uval, null_cls)
     # screen: the path's median unit below the fleet rule and a standard error of its class's units (the rest
     # cannot reach significance; those that do not are the retest list)
-    order = np.argsort(upath, kind="stable")
+    paths, first, counts, med, order = pathtest.group_medians(upath, uval)
     up_s, uv_s, ut_s = upath[order], uval[order], utag[order]
-    paths, first, counts = np.unique(up_s, return_index=True, return_counts=True)
-    med = np.array([float(np.median(uv_s[a:a + c])) for a, c in zip(first, counts)])
-    sig_c = np.array([nulls[int(c)].spread for c in null_cls.reshape(-1)[paths]])
+    spread_of = np.full(int(null_cls.max()) + 1, np.nan)
+    for c, nl in nulls.items():
+        spread_of[c] = nl.spread
+    sig_c = spread_of[null_cls.reshape(-1)[paths]]
     with np.errstate(invalid="ignore", divide="ignore"):
         z = med / (np.maximum(sig_c, 1e-3) / np.sqrt(counts))
     cand = np.flatnonzero((med < -rel) & (z < -1.0))
