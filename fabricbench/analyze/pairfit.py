@@ -34,7 +34,6 @@ class PairFit:
     residual: np.ndarray
     spread: float  # robust sigma of the residuals (floored)
     offsets: np.ndarray  # per path class: the healthy paths' level relative to the input's reference
-    class_spread: np.ndarray | None = None  # per path class: robust sigma of its residuals (floored), else spread
 
 
 def _nanmedian_axis(m: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,12 +162,4 @@ def fit(Y0: np.ndarray, leaf: np.ndarray | None = None, explain: float = 0.04, m
         spread = max(1.4826 * float(np.median(np.abs(r - med))), floor)
     else:
         spread = max(floor, 0.03)
-    # paths of different classes carry different noise: inside a leaf a path has its ports to itself, across
-    # leaves it shares uplinks and spines with the round's other flows (collisions under static routing)
-    class_spread = np.full(ncls, spread)
-    if cls is not None:
-        for c in range(ncls):
-            rc = resid[np.isfinite(resid) & (cls == c)]
-            if rc.size >= 30:
-                class_spread[c] = max(1.4826 * float(np.median(np.abs(rc - np.median(rc)))), floor)
-    return PairFit(send, recv, send_n, recv_n, up, down, up_n, down_n, pred, resid, spread, offsets, class_spread)
+    return PairFit(send, recv, send_n, recv_n, up, down, up_n, down_n, pred, resid, spread, offsets)
