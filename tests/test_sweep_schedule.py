@@ -102,6 +102,18 @@ def _row(rnd, a, b, direction, bw, size=1 << 20, lat=None):
             "direction": direction, "size_bytes": size, "algbw_gbps": bw, "latency_us": lat}
 
 
+def _circle_sweep(n: int, bw_of):
+    """An n-node circle plan and its sweep records (both directions), each pair's bandwidth from bw_of((a, b))."""
+    nodes = [f"n{i}" for i in range(n)]
+    plan = Plan(run_id="x", out_dir="/nonexistent", nodes=nodes,
+                rounds=make_rounds(n, "circle", 0, 1, 0), sizes=[1 << 20])
+    records = [{"kind": "done", "phase": "sweep", "node": x} for x in nodes]
+    for rnd in plan.rounds:
+        for a, b in rnd["pairs"]:
+            records += [_row(rnd["round"], nodes[a], nodes[b], d, bw_of((a, b))) for d in ("a->b", "b->a")]
+    return nodes, plan, records
+
+
 def test_suspects_and_retest_plan_pick_new_healthy_partners():
     nodes = [f"n{i}" for i in range(6)]
     plan = Plan(run_id="x", out_dir="/nonexistent", nodes=nodes,
@@ -221,14 +233,8 @@ def test_retest_repeats_suspect_pairs_with_different_co_runners():
 
 
 def test_retest_plan_reruns_the_lowest_suspect_pairs():
-    nodes = [f"n{i}" for i in range(6)]
-    plan = Plan(run_id="x", out_dir="/nonexistent", nodes=nodes,
-                rounds=make_rounds(6, "circle", 0, 1, 0), sizes=[1 << 20])
-    records = [{"kind": "done", "phase": "sweep", "node": n} for n in nodes]
-    for rnd in plan.rounds:
-        for a, b in rnd["pairs"]:
-            bw = {(0, 1): 0.3, (2, 3): 0.5}.get((a, b), 1.0)  # two slow paths, the rest healthy
-            records += [_row(rnd["round"], nodes[a], nodes[b], d, bw) for d in ("a->b", "b->a")]
+    # two slow paths, the rest healthy
+    _nodes, plan, records = _circle_sweep(6, lambda p: {(0, 1): 0.3, (2, 3): 0.5}.get(p, 1.0))
     assert retest_plan(plan, records, below=0.8) is None  # a full circle: no new partner, and no repeats asked
     re = retest_plan(plan, records, below=0.8, repeat_suspects=3, max_suspects=1)
     again = [tuple(p) for r in re.rounds for p in r["pairs"]]
