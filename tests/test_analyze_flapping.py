@@ -93,6 +93,25 @@ def test_uniform_units_with_transient_dips_name_no_host():
                                        0.01, floor=0.07) == []
 
 
+def test_a_deep_flap_stands_out_of_heavy_tailed_noise_at_a_deeper_cut():
+    """Heavy-tailed noise puts ~5% of healthy units beyond 2 spreads, where a NIC down in 30% of its 30 rounds is
+    not always beyond chance; deeper in the tail its leaf-mates have almost none. Each cut counts as a test."""
+    group = np.repeat(np.arange(4), 16)
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        host = np.repeat(np.arange(64), 30)
+        partner = (host + np.tile(np.arange(30), 64) + 1) % 64
+        value = rng.standard_t(3, len(host)) * 0.04
+        healthy = flapping.flapping_hosts(host, partner, value, 64, group, np.zeros(64, bool), 0.01, floor=0.07,
+                                          per_partner=False)
+        assert healthy == []
+        value = np.where((host == 5) & (rng.random(len(host)) < 0.3), -0.5, value)
+        got = flapping.flapping_hosts(host, partner, value, 64, group, np.zeros(64, bool), 0.01, floor=0.07,
+                                      per_partner=False)
+        assert [g["host"] for g in got] == [5] and got[0]["sigmas"] in flapping.LOW_SIGMAS
+        assert got[0]["chance"] <= 0.01
+
+
 def _run(tmp_path, name, noise, faults=(), seed=0, **kw):
     spec = SimSpec(nodes=48, leaves=3, spines=2, noise=noise, heavy=True, dips=0.01, failures=0.002, repeats=2,
                    seed=seed, faults=[parse_fault(f) for f in faults], **kw)

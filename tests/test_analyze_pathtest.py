@@ -119,8 +119,50 @@ def test_retest_confirms_a_path_one_noisy_sweep_cannot(tmp_path):
     sus = [(s["src"], s["dst"]) for s in res.suspect_paths[:20]]
     assert ("node0007", "node0031") in sus
     out, truth = write(SimSpec(retest=sus, retest_rounds=4, **kw), tmp_path / "two")
-    res = analyze(load(out), fabric_from_leaves(truth["leaves"]))
+    ds = load(out)
+    assert set(ds.pairs["stage"].unique()) == {0, 1}  # the simulator records each row's stage, as sweeps do
+    res = analyze(ds, fabric_from_leaves(truth["leaves"]))
     assert [v.component for v in res.faults()] == ["node0007->node0031"]
+    # confirmed on its retest rounds alone, among the paths retested (not the thousands swept)
+    said = " ".join(res.faults()[0].evidence)
+    assert "retest units" in said and f"{2 * len({frozenset(p) for p in sus})} paths retested" in said
+
+
+def test_retest_units_are_the_retest_rounds_of_paths_the_sweep_also_measured():
+    path = np.array([7, 7, 7, 7, 9, 9, 4])
+    value = np.array([-0.5, -0.4, 0.0, 0.1, 0.0, -0.2, -0.9])
+    tag = np.array([1, 2, 10, 11, 3, 10, 11])  # rounds 10 and 11 are the retest's
+    got = pathtest.retest_units(path, value, tag, np.array([10, 11]))
+    assert sorted(got) == [7, 9]  # path 4 ran in the retest only: a new partner, judged as any path
+    assert got[7][0].tolist() == [0.0, 0.1] and got[7][1].tolist() == [10, 11]
+    assert got[9][0].tolist() == [-0.2]
+    assert pathtest.retest_units(path, value, tag, np.array([], dtype=np.int64)) == {}
+
+
+def test_a_retest_that_reads_normal_clears_what_the_sweep_read_low(tmp_path):
+    """The sweep's rounds of a retested path are why it was chosen: a path low in the sweep and normal in all
+    its retest rounds is not blamed, however low the sweep read it (a path with no retest would be)."""
+    from fabricbench.results import write_results
+    from fabricbench.results.schema import to_frame
+
+    kw = dict(nodes=48, leaves=6, noise=0.03, heavy=True, repeats=2, seed=12)
+    a, b = "node0004", "node0029"
+
+    def with_sweep_dip(spec, name):
+        frame, truth = simulate(spec)
+        hit = (frame["node_a"] == a) & (frame["node_b"] == b) & (frame["direction"] == "a->b") \
+            & (frame["phase"] == "sweep")
+        frame.loc[hit, "algbw_gbps"] *= 0.5  # both sweep rounds (and sizes) of a->b at half rate
+        write_results(tmp_path / name, to_frame(frame), {"run_id": "sim", "status": "ok", "hosts": spec.hosts()})
+        return analyze(load(tmp_path / name), fabric_from_leaves(truth["leaves"]))
+
+    res = with_sweep_dip(SimSpec(**kw), "sweep")
+    assert [v.component for v in res.faults() if v.kind == "link"] == [f"{a}->{b}"]
+    res = with_sweep_dip(SimSpec(retest=[(a, b)], retest_rounds=4, **kw), "retested")
+    assert not res.faults()
+    assert not [x for x in res.suspect_paths if (x["src"], x["dst"]) == (a, b) and not x["retested"]]
+    assert not [r for r in res.retests if f"{a}->{b}" in r]  # not listed for a retest again
+    assert any("ran again in its retest" in n and "0 confirmed" in n for n in res.notes)
 
 
 def test_fitted_pattern_keeps_every_round_within_the_uplinks():

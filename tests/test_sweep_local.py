@@ -148,6 +148,12 @@ def test_slow_node_stands_out_and_random_pattern_with_retest(tmp_path):
     assert all(len(set(retest[[tuple(sorted(x)) == p for x in retest[["node_a", "node_b"]].itertuples(index=False)]]
                        ["round"])) == 3 for p in set(again))
     assert "node4" in res.stdout and "LOW" in res.stdout
+    # the analyzer reads which rows are the retest's (a retest confirms or clears a suspect on its own rounds)
+    from fabricbench.analyze.importers import load
+
+    pairs = load(out).pairs
+    stage_rounds = pairs.groupby("stage")["round"].unique()
+    assert set(stage_rounds[1]) == set(retest["round"]) and set(stage_rounds[0]) == set(main["round"])
 
 
 def test_iterations_fit_the_time_target():

@@ -5,7 +5,8 @@ Unit: one (host, round), the median residual (measurement minus what the fit of 
 measurement the host took part in that round (both directions, every size), less the round's own median
 residual (a round-wide drift hits every host alike). A NIC down for the round lowers every measurement of it;
 a single-measurement dip moves the median little. A unit is "low" when it lies beyond the data's own per-round
-noise (LOW_SIGMAS x the median over rounds of the units' robust spread) and beyond the analyzer's relative floor.
+noise (LOW_SIGMAS x the median over rounds of the units' robust spread: each cut is tried, and counted as a
+test) and beyond the analyzer's relative floor.
 
 Where flows can collide (oversubscription, several spines) a cross-leaf host's units are counted per partner: a
 partner is low for the host when any of their rounds together is. A pair that is slow every time it runs (a bad
@@ -31,7 +32,7 @@ import math
 
 import numpy as np
 
-LOW_SIGMAS = 2.0  # a (host, round) unit is low beyond this many robust spreads of its round's units
+LOW_SIGMAS = (2.0, 3.5, 5.0)  # a (host, round) unit is low beyond one of these many robust spreads of its round's units
 DEPTH_SIGMAS = 2.5  # the median of a named host's low units must lie beyond this many spreads
 MIN_PARTNERS = 5  # a named host is low with at least this many different partners
 
@@ -104,12 +105,26 @@ def flapping_hosts(host: np.ndarray, partner: np.ndarray, value: np.ndarray, n: 
     """Hosts low in more units than the rest of their group (leaf; the fleet without one) explains, their low
     rounds deep beyond the noise and with several different partners, most significant first (one pass: see
     flapping_hosts_iter). A unit is a (host, partner) pair, low when any of their rounds is (`per_partner`:
-    where a slow pair or a collision can recur whenever the schedule repeats), else a (host, round)."""
+    where a slow pair or a collision can recur whenever the schedule repeats), else a (host, round). "Low" is
+    tried at each of LOW_SIGMAS (times the thresholds tried): a NIC down for a few rounds stands out deep in the
+    tail, where heavy-tailed noise leaves its leaf-mates few units, better than at the shallowest cut."""
     if len(value) < 20:
         return []
     if sigma is None:
         sigma = 1.4826 * float(np.median(np.abs(value - np.median(value))))
-    thr = -max(floor, LOW_SIGMAS * sigma)
+    best: dict[int, dict] = {}
+    for sigmas in LOW_SIGMAS:
+        for h in _flapping_at(host, partner, value, n, group, skip, budget * len(LOW_SIGMAS), floor, sigma,
+                              sigmas, tested, per_partner):
+            h["chance"] *= len(LOW_SIGMAS)
+            if h["chance"] <= budget and (h["host"] not in best or h["chance"] < best[h["host"]]["chance"]):
+                best[h["host"]] = h
+    return sorted(best.values(), key=lambda h: h["chance"])
+
+
+def _flapping_at(host, partner, value, n, group, skip, budget, floor, sigma, sigmas, tested, per_partner):
+    """flapping_hosts with "low" at `sigmas` robust spreads (and the floor)."""
+    thr = -max(floor, sigmas * sigma)
     low = value <= thr
     if per_partner:
         pk = host * n + partner
@@ -134,10 +149,10 @@ def flapping_hosts(host: np.ndarray, partner: np.ndarray, value: np.ndarray, n: 
     if tested is None:
         tested = int(use.sum())
     out = []
-    for i in np.nonzero(use)[0].tolist():
+    for i in np.nonzero(use & (k_h >= 3))[0].tolist():
         k, m = int(k_h[i]), int(m_h[i])
         K, M = int(k_g[grp[i]]) - k - int(k_with[i]), int(m_g[grp[i]]) - m - int(m_with[i])  # the others in its group
-        if M < 4 * m or k < 3 or k * M <= K * m:
+        if M < 4 * m or k * M <= K * m:
             continue
         mine = (host == i) & low
         partners = len(np.unique(partner[mine]))
@@ -150,8 +165,7 @@ def flapping_hosts(host: np.ndarray, partner: np.ndarray, value: np.ndarray, n: 
         if chance <= budget:
             out.append(dict(host=i, k=k, m=m, rounds=int(mine.sum()), partners=partners, rate=k / m,
                             others=K / M if M else 0.0, chance=chance, depth=depth, thr=thr, sigma=sigma,
-                            unit="partner" if per_partner else "round"))
-    out.sort(key=lambda h: h["chance"])
+                            sigmas=sigmas, unit="partner" if per_partner else "round"))
     return out
 
 

@@ -5,7 +5,8 @@ Frames (pandas, one row per measurement):
 - `pairs`: directed node-to-node bandwidth: `src`, `dst` (the sender and the receiver), `size`, `bw` (GB/s),
   `latency_us`, `round`, `rail` (-1 when not per rail), `nic`, `status` (ok | failed), `error`, `source`,
   `phase` (which half of a pair's turn: 0 = a->b, 1 = b->a, -1 unknown; pairs of a round run each phase at
-  the same time, so phase + round + size says which flows shared the fabric).
+  the same time, so phase + round + size says which flows shared the fabric), `stage` (0 = the sweep, 1 = a
+  retest of what the sweep found, -1 unknown: a retest confirms or clears a suspect on its own rounds).
 - `gpus`: GPU-to-GPU bandwidth: `src_host`, `src_gpu`, `dst_host`, `dst_gpu`, `test`, `bw`, `status`, `source`.
 - `nics`: one NIC's bandwidth: `host`, `nic`, `peer`, `size`, `bw`, `status`, `error`, `source`.
 - `groups`: a collective over a set of hosts: `op`, `hosts` (comma-joined, sorted), `nranks`, `size`, `busbw`,
@@ -24,7 +25,7 @@ import pandas as pd
 
 PAIR_COLUMNS = {"src": "object", "dst": "object", "size": "int64", "bw": "float64", "latency_us": "float64",
                 "round": "int64", "rail": "int64", "nic": "object", "status": "object", "error": "object",
-                "source": "object", "phase": "int64"}
+                "source": "object", "phase": "int64", "stage": "int64"}
 GPU_COLUMNS = {"src_host": "object", "src_gpu": "int64", "dst_host": "object", "dst_gpu": "int64",
                "test": "object", "bw": "float64", "status": "object", "source": "object"}
 NIC_COLUMNS = {"host": "object", "nic": "object", "peer": "object", "size": "int64", "bw": "float64",

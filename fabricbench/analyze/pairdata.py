@@ -52,6 +52,8 @@ class PairData:
     row_size: np.ndarray | None = None  # index into `sizes` (int16: millions of rows)
     failed_rounds: dict[tuple[int, int], set] = field(default_factory=dict)
     invalid: int = 0  # rows marked ok whose bandwidth was 0, negative or infinite
+    # rounds of a retest (stage 1): selected by what the sweep found, so they confirm a suspect on their own
+    retest_rounds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def node_codes(pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -282,4 +284,11 @@ def build(pairs: pd.DataFrame, leaf_of: dict[str, str] | None, floor: float, rou
                     rows_used=int(use.sum()), notes=notes, row_y=y, row_src=s_u, row_dst=d_u,
                     row_round=pick(pairs["round"].to_numpy(dtype=np.int32)), failed_rounds=failed_rounds,
                     row_size=size_u.astype(np.int16, copy=False) if len(bw_sizes) else None,
-                    invalid=int(invalid.sum()))
+                    invalid=int(invalid.sum()), retest_rounds=_retest_rounds(pairs))
+
+
+def _retest_rounds(pairs: pd.DataFrame) -> np.ndarray:
+    if "stage" not in pairs or not len(pairs):
+        return np.zeros(0, dtype=np.int64)
+    stage = pairs["stage"].to_numpy()
+    return np.unique(pairs["round"].to_numpy(dtype=np.int64)[stage == 1])

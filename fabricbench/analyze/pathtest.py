@@ -170,3 +170,21 @@ def group_medians(path: np.ndarray, value: np.ndarray):
     paths, first, counts = np.unique(p, return_index=True, return_counts=True)
     med = 0.5 * (v[first + (counts - 1) // 2] + v[first + counts // 2])
     return paths, first, counts, med, order
+
+
+def retest_units(path: np.ndarray, value: np.ndarray, tag: np.ndarray,
+                 retest_rounds: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{path: (units, rounds)} of the paths measured in the sweep and again in its retest, their retest rounds
+    only. A retest runs the paths the sweep read low: on the sweep's rounds they were selected for being low, so
+    what confirms them is the retest's rounds alone, times the paths retested (not the thousands swept)."""
+    if not len(retest_rounds) or not len(path):
+        return {}
+    again = np.isin(tag, retest_rounds)
+    if not again.any():
+        return {}
+    sel = again & np.isin(path, np.unique(path[~again]))
+    order = np.argsort(path[sel], kind="stable")
+    p, v, t = path[sel][order], value[sel][order], tag[sel][order]
+    ids, first = np.unique(p, return_index=True)
+    ends = np.r_[first[1:], len(p)]
+    return {int(x): (v[a:b], t[a:b]) for x, a, b in zip(ids, first, ends)}

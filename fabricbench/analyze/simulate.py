@@ -391,6 +391,9 @@ def _simulate(spec: SimSpec) -> tuple[pd.DataFrame, dict]:
         "node_a": pd.Categorical.from_codes(node_a[idx_pair], categories=hosts),
         "node_b": pd.Categorical.from_codes(node_b[idx_pair], categories=hosts),
         "direction": pd.Categorical.from_codes(direction[idx_pair], categories=["a->b", "b->a"]),
+        # as `sweep pairwise` records it: the sweep's rounds, then the retest's
+        "phase": pd.Categorical.from_codes((round_all >= reps * rounds_per_rep).astype(np.int8),
+                                           categories=["sweep", "retest"]),
     })
     del cat_hosts
     if R > 1:

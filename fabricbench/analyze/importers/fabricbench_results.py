@@ -18,7 +18,7 @@ from fabricbench.errors import UsageError
 
 WANTED = ["run_id", "row_kind", "op", "size_bytes", "algbw_gbps", "busbw_gbps", "latency_us", "status", "error",
           "round", "node_a", "node_b", "direction", "host", "src_gpu", "dst_gpu", "kind", "nic", "peer", "gbps",
-          "nranks", "nnodes", "nwrong", "rail", "repeat", "group", "gpu", "rank"]
+          "nranks", "nnodes", "nwrong", "rail", "repeat", "group", "gpu", "rank", "phase"]
 
 
 def _read_run_json(folder: Path, ds: Dataset) -> dict:
@@ -74,7 +74,7 @@ def _read_run_json(folder: Path, ds: Dataset) -> dict:
 
 
 PAIR_ONLY = ["row_kind", "node_a", "node_b", "direction", "size_bytes", "algbw_gbps", "latency_us", "status",
-             "error", "round", "rail", "repeat", "nic"]
+             "error", "round", "rail", "repeat", "nic", "phase"]
 
 
 def _kinds(col) -> set:
@@ -201,6 +201,10 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
     bidir = _is(direction, "bidir", n)
     pingpong = _is(direction, "pingpong", n)
     phase = np.where(rev, 1, np.where(_is(direction, "a->b", n), 0, -1)).astype(np.int8)
+    # the sweep's stage (its `phase` column): a retest's rounds confirm or clear what the sweep found
+    sweep_stage = _cat(tbl, "phase")
+    stage = np.where(_is(sweep_stage, "retest", n), 1, np.where(_is(sweep_stage, "sweep", n), 0, -1)).astype(np.int8)
+    del sweep_stage
     src = np.where(rev, b_codes, a_codes)
     dst = np.where(rev, a_codes, b_codes)
     del rev
@@ -232,11 +236,13 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
         take = np.concatenate([np.arange(n), idx])
         bw, size, lat, rnd, rail = (x[take] for x in (bw, size, lat, rnd, rail))
         phase = np.concatenate([phase, np.full(len(idx), -1, np.int8)])
+        stage = stage[take]
         status, nic, err = status.take(take), nic.take(take), err.take(take)
     del a_codes, b_codes
     keep = (src >= 0) & (dst >= 0)
     if not keep.all():
-        src, dst, bw, size, lat, rnd, rail, phase = (x[keep] for x in (src, dst, bw, size, lat, rnd, rail, phase))
+        src, dst, bw, size, lat, rnd, rail, phase, stage = (x[keep] for x in (src, dst, bw, size, lat, rnd, rail,
+                                                                             phase, stage))
         status, nic, err = status[keep], nic[keep], err[keep]
     m = len(src)
     out = pd.DataFrame({
@@ -245,7 +251,7 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
         "size": size, "bw": bw, "latency_us": lat, "round": rnd, "rail": rail,
         "nic": nic, "status": status, "error": err,
         "source": pd.Categorical.from_codes(np.zeros(m, dtype=np.int8), categories=[source]),
-        "phase": phase,
+        "phase": phase, "stage": stage,
     }, copy=False)
     return out[list(PAIR_COLUMNS)]
 

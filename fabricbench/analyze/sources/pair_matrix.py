@@ -544,6 +544,15 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         cand = cand[np.argsort(z[cand])[:2000]]
     units_of = {int(paths[c]): uv_s[first[c]:first[c] + counts[c]] for c in cand}
     tags_of = {int(paths[c]): ut_s[first[c]:first[c] + counts[c]] for c in cand}
+    # a path the sweep read low and a retest ran again is judged on its retest rounds alone, among the paths
+    # retested (its sweep rounds are why it was chosen: counting them again would confirm the selection)
+    retested = pathtest.retest_units(upath, uval, utag, pd_.retest_rounds)
+    for pid, (vals, tags) in retested.items():
+        if pid in units_of or float(np.median(vals)) < -rel:
+            units_of[pid], tags_of[pid] = vals, tags
+
+    def trials(pid: int) -> int:  # how many paths a path's test is one of
+        return len(retested) if pid in retested else tested
     rounds_of: dict[int, set] = {}
     if units_of:
         want = np.isin(s.astype(np.int64) * n + d, np.fromiter(units_of, dtype=np.int64))
@@ -563,14 +572,16 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         # one verdict for a pair slow both ways only when each direction is beyond chance on its own (a reverse
         # direction that merely reads a little low would dilute a one-way fault)
         both = (j * n + i) in units_of and (j * n + i) not in done and all(
-            tested * pathtest.scan_p(units_of[x], nulls[int(null_cls[i, j])])[0] <= FALSE_ALARM_BUDGET
+            trials(x) * pathtest.scan_p(units_of[x], nulls[int(null_cls[i, j])])[0] <= FALSE_ALARM_BUDGET
             for x in (p, j * n + i))
         done |= {p, j * n + i} if both else {p}
         units = pathtest.both_ways(units_of[p], tags_of[p], units_of[j * n + i], tags_of[j * n + i]) if both \
             else units_of[p]
         null = nulls[int(null_cls[i, j])]
         p_val, agree = pathtest.scan_p(units, null)
-        chance = tested * p_val
+        among = max(trials(p), trials(j * n + i) if both else 0)
+        chance = among * p_val
+        on_retest = p in retested
         k = len(units)
         dpt = float(-np.median(units))
         rounds = rounds_of.get(p, set()) | (rounds_of.get(j * n + i, set()) if both else set())
@@ -584,7 +595,8 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
                                    "ends explain, measured in one round only (or rounds repeating the same "
                                    "co-runners): a transient or a recurring collision looks the same, retest to "
                                    "confirm"),
-                details=[f"p = {p_val:.2g} against {len(null.values)} units of its class; {tested} paths tested"],
+                details=[f"p = {p_val:.2g} against {len(null.values)} units of its class; {among} paths "
+                         + ("retested" if on_retest else "tested")],
                 retest=[f"{a}->{b} (twice, in different rounds)"], identifiers={"hosts": [a, b]}, hosts=[a, b]))
         # and its level itself beyond the noise: its median over rounds, in standard errors of its class's units
         z_path = dpt / (max(float(null.spread), 1e-3) / math.sqrt(k))
@@ -593,31 +605,40 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
                              "collided": bool(leaf is not None and dpt > 3 * float(null.spread)
                                               and _collided(i, j, dpt, rounds_of.get(p, set()), leaf, s, d,
                                                             pd_.row_round, resid, by_round)),
-                             "units": k, "chance": chance})
+                             "units": k, "chance": chance, "retested": on_retest})
             continue
         partner = _retest_partners({i, j}, names, healthy, leaf, 1)
+        rounds_said = f"{agree} of its {k} retest rounds this low after the sweep read it low" if on_retest \
+            else f"{agree} of its {k} independent rounds this low"
         summary = (f"the path {a} {'<->' if both else '->'} {b} reads {pct(-dpt):.0f}% below what its ends explain "
-                   f"({a} and {b} are healthy with other partners), {agree} of its {k} independent rounds this low: "
-                   "cables, ports or the route between them")
+                   f"({a} and {b} are healthy with other partners), {rounds_said}: cables, ports or the route "
+                   "between them")
         out.append(Evidence(
             source=NAME, component=comp, kind="link", deficit=1 - math.exp(-dpt), support=k,
             noise=float(null.spread), basis="fleet", threshold=1 - math.exp(-rel), chance=chance, confidence=1.0,
             cap=0.97, summary=summary,
             details=[f"{a}->{b}: {pct(float(pd_.Y[i, j])):.1f}% below fleet in {len(rounds)} round(s), "
-                     f"{k} independent (rounds repeating the same co-runners count once)",
-                     f"{agree} of {k} units at or below the path's level; p = {p_val:.2g} against "
-                     f"{len(null.values)} units of its class; {tested} paths tested: {chance:.2g} such paths "
-                     "expected by chance"]
+                     + (f"{k} of them its retest's, judged alone (the sweep's are why it was retested)" if on_retest
+                        else f"{k} independent (rounds repeating the same co-runners count once)"),
+                     f"{agree} of {k} {'retest ' if on_retest else ''}units at or below the path's level; "
+                     f"p = {p_val:.2g} against {len(null.values)} units of its class; {among} paths "
+                     f"{'retested' if on_retest else 'tested'}: {chance:.2g} such paths expected by chance"]
             + ([f"{b}->{a}: {pct(float(pd_.Y[j, i])):.1f}% below fleet"] if np.isfinite(pd_.Y[j, i]) else []),
             measurements=[{"pair": f"{a}->{b}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}],
             retest=[f"{a}->{b} (twice, in different rounds)"] + ([f"{a}->{partner[0]}"] if partner else []),
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
     # the retest list: paths low alone first; a path that was low together with another flow out of its source
     # leaf or into its destination leaf, about as low, in each of its rounds is most likely a collision
-    suspects.sort(key=lambda x: (x["collided"], x["chance"]))
+    if retested:
+        confirmed = {e.component for e in out if e.kind == "link" and "retest units" in " ".join(e.details)}
+        ctx.res.notes.append(f"{len(retested)} directed path(s) the sweep read low ran again in its retest and were "
+                             f"judged on those rounds alone: {len(confirmed)} confirmed, the rest read within the "
+                             "noise there (cleared)")
+    # (and last, the paths a retest already ran without confirming them)
+    suspects.sort(key=lambda x: (x["retested"], x["collided"], x["chance"]))
     ctx.res.suspect_paths = suspects[:200]
     for sp in suspects[:10]:
-        if sp["chance"] > 1.0:
+        if sp["chance"] > 1.0 or sp["retested"]:
             break
         out.append(Evidence(
             source=NAME, component=sp["path"], kind="link", deficit=sp["deficit"], support=sp["units"],
@@ -789,7 +810,7 @@ def _flapping_by_round(ctx, pd_, names, healthy, bad_node, leaf, bad_up, named: 
                     f"{h['rounds']} rounds with {h['partners']} different partners ({h['k']} of its {h['m']} "
                     f"{h['unit']}s low, {peers} {100 * h['others']:.0f}% of theirs): an intermittent NIC, cable or "
                     "port (flapping link)",
-            details=[f"low = a (host, round) median residual below {pct(h['thr']):.1f}% ({flapping.LOW_SIGMAS:g} x the "
+            details=[f"low = a (host, round) median residual below {pct(h['thr']):.1f}% ({h['sigmas']:g} x the "
                      f"rounds' own spread {100 * h['sigma']:.1f}%, at least the fleet rule); "
                      + ("a partner counts once however many of its rounds are low; " if h["unit"] == "partner" else "")
                      + f"Fisher's exact test against {peers}: "
