@@ -179,3 +179,26 @@ def test_fitted_pattern_keeps_every_round_within_the_uplinks():
                 for x in (leaf[a], leaf[b]):
                     load[x] = load.get(x, 0) + 1
         assert max(load.values(), default=0) <= 4  # 8 hosts per leaf at 2:1: 4 pairs at full rate
+
+
+def test_a_sweeps_recorded_uplink_limits_stand_in_for_a_topology(tmp_path):
+    """`sweep pairwise --fabric` records each leaf's uplink capacity (pairs at full host rate): without
+    --topology, the analyzer models contention from it (hosts swept on a leaf / its capacity)."""
+    from fabricbench.results import write_results
+    from fabricbench.results.schema import to_frame
+
+    spec = SimSpec(nodes=48, leaves=6, spines=2, oversubscription=2.0, seed=1)
+    frame, _ = simulate(spec)
+    hosts, leaf_of = spec.hosts(), spec.leaves_map()
+    fabric = {"leaves": [leaf_of[h] for h in hosts], "uplink_pairs": {lf: 4 for lf in set(leaf_of.values())}}
+    info = {"run_id": "s", "status": "ok", "kind": "pairwise-sweep", "nodes": hosts, "hosts": hosts}
+    write_results(tmp_path / "mapped", to_frame(frame), dict(info, fabric=fabric))
+    ds = load(tmp_path / "mapped")
+    assert ds.extra["uplink_oversubscription"] == [2.0]  # 8 hosts on each leaf, 4 pairs of uplink
+    res = analyze(ds)
+    assert any("2:1 oversubscribed, as the sweep's fabric map recorded" in n for n in res.notes)
+    assert res.exit_code == 0
+    # a leaf without a recorded limit: no single figure to model with
+    fabric["uplink_pairs"].pop(leaf_of[hosts[0]])
+    write_results(tmp_path / "partial", to_frame(frame), dict(info, fabric=fabric))
+    assert "uplink_oversubscription" not in load(tmp_path / "partial").extra

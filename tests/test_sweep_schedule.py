@@ -244,6 +244,21 @@ def test_retest_plan_reruns_the_lowest_suspect_pairs():
     assert sorted(tuple(p) for r in re.rounds for p in r["pairs"]) == [(0, 1), (0, 1), (2, 3), (2, 3)]
 
 
+def test_retest_plan_reruns_the_paths_the_analyzer_ranks_first():
+    # the raw rule sees (0, 1) lowest; the analyzer ranks (3, 2) first (e.g. (0, 1) was a collision it explains)
+    _nodes, plan, records = _circle_sweep(6, lambda p: {(0, 1): 0.3, (2, 3): 0.85}.get(p, 1.0))
+    re = retest_plan(plan, records, below=0.8, repeat_suspects=2, max_suspects=1, ranked=[("n3", "n2"), ("n0", "n1")])
+    assert [tuple(p) for r in re.rounds for p in r["pairs"]] == [(2, 3)] * 2
+    # a path and its reverse are one pair to rerun (both directions run); never a node with itself
+    re = retest_plan(plan, records, below=0.8, repeat_suspects=1, ranked=[("n3", "n2"), ("n2", "n3"), ("n4", "n4")])
+    assert [tuple(p) for r in re.rounds for p in r["pairs"]] == [(2, 3)]
+    # nothing below the raw rule, but the analyzer has a suspect: it is still rerun
+    _nodes, plan, records = _circle_sweep(6, lambda p: 0.9 if p == (1, 4) else 1.0)
+    re = retest_plan(plan, records, below=0.8, repeat_suspects=3, ranked=[("n4", "n1")])
+    assert [tuple(p) for r in re.rounds for p in r["pairs"]] == [(1, 4)] * 3
+    assert retest_plan(plan, records, below=0.8, repeat_suspects=3, ranked=[]) is None
+
+
 def test_retest_repeats_never_put_two_pairs_on_one_leaf():
     leaves = ["l1", "l1", "l2", "l2", "l3", "l3", "l4", "l4"]
     pairs = [(0, 2), (1, 3), (4, 6), (5, 7), (0, 1)]  # (0,2) and (1,3) both cross l1-l2: they may collide

@@ -297,9 +297,10 @@ def register(app: typer.Typer) -> None:
                           "rotation pattern.")),
         _p("retest", bool, O(False, "--retest/--no-retest", help="Measure the nodes of suspect pairs again, each "
                              "with a partner it has not met (one more step).")),
-        _p("retest_rounds", int, O(3, "--retest-rounds", help="--retest: also run each suspect pair (the 64 "
-                                  "lowest) this many more times, with different co-runners each time: a path's "
-                                  "own repeated readings are what tell a modest deficit from noise (0: off).")),
+        _p("retest_rounds", int, O(3, "--retest-rounds", help="--retest: also run each suspect path (the 64 "
+                                  "that `fabricbench analyze` of the sweep finds most suspect) this many more "
+                                  "times, with different co-runners each time: a path's own repeated readings "
+                                  "are what tell a modest deficit from noise (0: off).")),
         _p("retest_below", float, O(0.8, "--retest-below", help="A pair is suspect below this fraction of the "
                                     "median pair bandwidth (or with latency above 2.1x the lowest).")),
         _p("serial", bool, O(False, "--serial", help="Run the same pairs one at a time (one pair per round): the "
@@ -487,14 +488,15 @@ def _fit(rounds: list[dict], fabric: dict) -> list[dict]:
 
 
 def _plan_retest(out: Path):
-    from fabricbench.slurm.planning import load_records, plan_path, retest_plan
+    from fabricbench.slurm.planning import analyzer_suspects, load_records, plan_path, retest_plan
     from fabricbench.slurm.sweep import Plan
 
     plan = Plan.load(plan_path(out))
     meta_path = out / "sweep.json"
     below = json.loads(meta_path.read_text())["config"].get("retest_below", 0.8) if meta_path.exists() else 0.8
+    rounds = int(plan.extra.get("retest_rounds", 0) or 0)
     retest = retest_plan(plan, load_records(out, "sweep"), below=below, seed=plan.extra.get("seed", 0),
-                         repeat_suspects=int(plan.extra.get("retest_rounds", 0) or 0))
+                         repeat_suspects=rounds, ranked=analyzer_suspects(out) if rounds else None)
     if retest is None:
         return None
     retest.save(plan_path(out, "retest"))

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -117,12 +118,13 @@ def find_suspects(records: list[dict], below: float = 0.8, latency_factor: float
 
 
 def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int = 0, repeat_suspects: int = 0,
-                max_suspects: int = 64) -> Plan | None:
+                max_suspects: int = 64, ranked: list[tuple[str, str]] | None = None) -> Plan | None:
     """A plan that measures each suspect pair's nodes again against new, healthy partners and, with
-    `repeat_suspects`, the suspect pairs themselves that many more times (the `max_suspects` lowest); None if
-    there is nothing to retest."""
+    `repeat_suspects`, the suspect pairs themselves that many more times: the first `max_suspects` of `ranked`
+    (the analyzer's suspect paths, most suspect first) or, without it, the lowest pairs; None if there is
+    nothing to retest."""
     suspects = find_suspects(records, below)
-    if not suspects:
+    if not suspects and not ranked:
         return None
     bw = pair_bandwidth(records)
     lowest: dict[tuple[str, str], float] = {}
@@ -142,8 +144,12 @@ def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int =
     tested = [tuple(p) for rnd in plan.rounds for p in rnd["pairs"]]
     pairs = schedule.retest_pairs(len(plan.nodes), [(index[a], index[b]) for a, b, _ in suspects
                                                      if a in index and b in index], tested, healthy, seed)
-    again = sorted({(a, b) for a, b, _ in suspects if a in index and b in index},
-                   key=lambda p: lowest.get(p, 0.0))[:max_suspects]
+    if ranked is not None:
+        again = list(dict.fromkeys(tuple(sorted((a, b), key=index.get)) for a, b in ranked
+                                   if a in index and b in index and a != b))[:max_suspects]
+    else:
+        again = sorted({(a, b) for a, b, _ in suspects if a in index and b in index},
+                       key=lambda p: lowest.get(p, 0.0))[:max_suspects]
     fabric = plan.extra.get("fabric")
     repeats = schedule.repeat_rounds([(index[a], index[b]) for a, b in again], repeat_suspects, seed,
                                      leaves=fabric.get("leaves") if fabric else None)
@@ -161,6 +167,27 @@ def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int =
     data = dict(plan.__dict__)
     data.update(phase="retest", rounds=rounds, extra={**plan.extra, "suspects": [list(s) for s in suspects]})
     return Plan(**data)
+
+
+def analyzer_suspects(out: str | os.PathLike) -> list[tuple[str, str]] | None:
+    """The sweep's paths that `fabricbench analyze` blames or cannot clear, most suspect first: what a retest
+    should run again. It judges each path against what its ends and its round's contention explain, where the
+    raw rule (below a fraction of the median) on an oversubscribed fabric picks mostly collisions. The sweep's
+    results are written first (kept even if the retest fails). None where they cannot be analyzed."""
+    from fabricbench.analyze.analysis import analyze
+    from fabricbench.analyze.importers import load
+    from fabricbench.slurm.collect import collect_sweep
+
+    try:
+        collect_sweep(Path(out), quiet=True)
+        res = analyze(load(Path(out)))
+    except Exception as err:  # the retest falls back to the raw rule; the sweep's results stay as measured
+        print(f"fabricbench: retest chosen by the raw rule: the sweep could not be analyzed ({type(err).__name__}: "
+              f"{' '.join(str(err).split())[:200]})", file=sys.stderr)
+        return None
+    paths = [tuple(v.hosts[:2]) for v in res.faults() if v.kind == "link" and len(v.hosts) >= 2]
+    paths += [(x["src"], x["dst"]) for x in res.suspect_paths if not x.get("retested")]
+    return paths
 
 
 def plan_path(out_dir: str | os.PathLike, phase: str = "sweep") -> Path:

@@ -55,6 +55,9 @@ def _read_run_json(folder: Path, ds: Dataset) -> dict:
     if isinstance(fabric.get("leaves"), list) and isinstance(names, list) and len(fabric["leaves"]) == len(names):
         # sweeps record each node's leaf in the order of their node list
         ds.leaf_of.update({str(h): str(lf) for h, lf in zip(names, fabric["leaves"]) if h and lf})
+        over = _recorded_oversubscription(fabric)
+        if over is not None:
+            ds.extra["uplink_oversubscription"] = [over]
     leaves = info.get("leaves") or (info.get("simulation") or {}).get("leaves")
     if isinstance(leaves, dict) and leaves:
         # host -> leaf ({host: leaf}) or leaf -> [hosts] ({leaf: [host, ...]}), as sweeps and the simulator record it
@@ -71,6 +74,26 @@ def _read_run_json(folder: Path, ds: Dataset) -> dict:
         ds.caveats.append(f"{folder}: run status {info.get('status')} ({' '.join(str(why).split())[:200]}); "
                           "what it measured is analyzed, missing measurements are reported")
     return info
+
+
+def _recorded_oversubscription(fabric: dict) -> float | None:
+    """A sweep's fabric map records each leaf's uplink capacity in pairs at full host rate (`uplink_pairs`):
+    hosts swept on a leaf over that is its oversubscription as the contention model reads it (the median over
+    leaves; None where a leaf has no limit recorded)."""
+    limits_ = fabric.get("uplink_pairs")
+    if not isinstance(limits_, dict) or not limits_:
+        return None
+    hosts: dict[str, int] = {}
+    for lf in fabric["leaves"]:
+        if lf:
+            hosts[str(lf)] = hosts.get(str(lf), 0) + 1
+    try:
+        ratios = sorted(hosts[k] / float(limits_[k]) for k in hosts if float(limits_.get(k, 0)) > 0)
+    except (TypeError, ValueError):
+        return None
+    if len(ratios) != len(hosts):
+        return None
+    return ratios[len(ratios) // 2]
 
 
 PAIR_ONLY = ["row_kind", "node_a", "node_b", "direction", "size_bytes", "algbw_gbps", "latency_us", "status",

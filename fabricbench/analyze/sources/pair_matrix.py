@@ -55,6 +55,10 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
         return []
     leaf_of, leaf_src = _leaf_map(ctx)
     over = ctx.fabric.oversubscription if ctx.fabric is not None else None
+    recorded = ds.extra.get("uplink_oversubscription") or []
+    if over is None and recorded:  # no topology given: the uplink limits the sweep itself recorded
+        over = max(recorded)
+        res.notes.append(f"uplinks {over:g}:1 oversubscribed, as the sweep's fabric map recorded them")
     pd_ = pairdata.build(ds.pairs, leaf_of, th.min_spread, oversubscription=over)
     res.notes.extend(pd_.notes)
     names = pd_.names
