@@ -202,3 +202,20 @@ def test_a_sweeps_recorded_uplink_limits_stand_in_for_a_topology(tmp_path):
     fabric["uplink_pairs"].pop(leaf_of[hosts[0]])
     write_results(tmp_path / "partial", to_frame(frame), dict(info, fabric=fabric))
     assert "uplink_oversubscription" not in load(tmp_path / "partial").extra
+
+
+def test_hosts_keep_every_partner_unless_collisions_show_in_the_data(tmp_path):
+    """Several spines make collisions possible, not certain: with adaptive routing on a non-blocking fabric the
+    cross-leaf paths scatter no wider than intra-leaf ones and a host is judged on all 63 partners; under
+    static ECMP (collisions scatter them) or on oversubscribed leaves, on its 15 intra-leaf partners."""
+    seen = {}
+    for over, routing in ((1.0, "adaptive"), (1.0, "static"), (2.0, "static")):
+        spec = SimSpec(nodes=64, leaves=4, spines=4, noise=0.03, heavy=True, seed=3, oversubscription=over,
+                       routing=routing, faults=[parse_fault("nic-rx:node0005:0.8")])
+        out, truth = write(spec, tmp_path / f"{routing}{over}")
+        res = analyze(load(out), fabric_from_leaves(truth["leaves"], spines=4, oversubscription=over))
+        verdicts = res.faults()
+        assert [(v.kind, v.component) for v in verdicts] == [("nic", "node0005")]
+        seen[(over, routing)] = verdicts[0].summary
+    assert "across 63 partners" in seen[(1.0, "adaptive")]
+    assert "across 15 partners" in seen[(1.0, "static")] and "across 15 partners" in seen[(2.0, "static")]

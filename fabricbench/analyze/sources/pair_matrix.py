@@ -158,10 +158,14 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
     # Where concurrent flows can slow each other (oversubscribed uplinks, several spines under ECMP), cross-leaf
     # paths carry the schedule's collisions and can hide a host that is slower than its share. A host's own
     # fault shows on every path, including those inside its leaf that share no uplink: judge the host on its
-    # intra-leaf partners when it has at least 3 of them.
+    # intra-leaf partners when it has at least 3 of them. On oversubscribed leaves always (a host slower than
+    # its share of the uplinks is masked on cross-leaf paths); with several spines and no oversubscription only
+    # where the data shows collisions, cross-leaf residuals spreading wider than intra-leaf ones (a non-blocking
+    # fabric with adaptive routing has none: there a host keeps all its partners, not the ~15 of its leaf).
     send_t, recv_t = fit.send.copy(), fit.recv.copy()
     send_m, recv_m = fit.send_n.copy(), fit.recv_n.copy()
-    if leaf is not None and ctx.fabric is not None and ctx.fabric.collisions_possible():
+    several_spines = ctx.fabric is not None and ctx.fabric.collisions_possible()
+    if leaf is not None and ((over or 1.0) > 1.0 or several_spines and _collisions_seen(fit.residual, leaf)):
         same = leaf[:, None] == leaf[None, :]
         Yi = np.where(same, pd_.Y, np.nan).astype(np.float32)
         if np.isfinite(Yi).sum() >= 3:
@@ -459,6 +463,24 @@ def _unexplained_levels(res, pd_, leaf, bad_up, bad_node, cls) -> None:
         if sel.sum() and keep.sum() >= 3 and (sel & ~rkeep).any():
             # row_y is log(bw / this class and size's median): the median of the paths nothing explains
             row["unexplained_median_gbps"] = row["median_gbps"] * math.exp(float(np.nanmedian(pd_.row_y[keep])))
+
+
+COLLISION_SPREAD = 1.25  # cross-leaf residuals this much wider than intra-leaf ones: collisions show
+
+
+def _collisions_seen(residual: np.ndarray, leaf: np.ndarray) -> bool:
+    """Do cross-leaf paths scatter more than intra-leaf ones (robust spreads of the fit's residuals)? Where a
+    leaf has too few intra-leaf paths to say, assume they do (the cautious side: judge hosts inside their leaf)."""
+    same = leaf[:, None] == leaf[None, :]
+    intra, cross = residual[same], residual[~same]
+    intra, cross = intra[np.isfinite(intra)], cross[np.isfinite(cross)]
+    if intra.size < 30 or cross.size < 30:
+        return True
+
+    def spread(x: np.ndarray) -> float:
+        return 1.4826 * float(np.median(np.abs(x - np.median(x))))
+
+    return spread(cross) > COLLISION_SPREAD * max(spread(intra), 1e-4)
 
 
 def _round_corunners(pd_) -> dict[int, int]:
