@@ -577,8 +577,12 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         if pid in units_of or float(np.median(vals)) < -rel:
             units_of[pid], tags_of[pid] = vals, tags
 
-    def trials(pid: int) -> int:  # how many paths a path's test is one of
-        return len(retested) if pid in retested else tested
+    # with a retest a path may be blamed by either family of tests (sweep, retest): Bonferroni over both keeps
+    # the source within its false-alarm budget
+    families = 2 if retested else 1
+
+    def trials(pid: int) -> int:  # how many paths a path's test is one of, times the families
+        return (len(retested) if pid in retested else tested) * families
     rounds_of: dict[int, set] = {}
     if units_of:
         want = np.isin(s.astype(np.int64) * n + d, np.fromiter(units_of, dtype=np.int64))
@@ -605,8 +609,8 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
             else units_of[p]
         null = nulls[int(null_cls[i, j])]
         p_val, agree = pathtest.scan_p(units, null)
-        among = max(trials(p), trials(j * n + i) if both else 0)
-        chance = among * p_val
+        among = max(trials(p), trials(j * n + i) if both else 0) // families  # paths
+        chance = among * families * p_val
         on_retest = p in retested
         k = len(units)
         dpt = float(-np.median(units))
@@ -648,7 +652,9 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
                         else f"{k} independent (rounds repeating the same co-runners count once)"),
                      f"{agree} of {k} {'retest ' if on_retest else ''}units at or below the path's level; "
                      f"p = {p_val:.2g} against {len(null.values)} units of its class; {among} paths "
-                     f"{'retested' if on_retest else 'tested'}: {chance:.2g} such paths expected by chance"]
+                     f"{'retested' if on_retest else 'tested'}"
+                     + (" (x2: the sweep's and the retest's tests)" if families > 1 else "")
+                     + f": {chance:.2g} such paths expected by chance"]
             + ([f"{b}->{a}: {pct(float(pd_.Y[j, i])):.1f}% below fleet"] if np.isfinite(pd_.Y[j, i]) else []),
             measurements=[{"pair": f"{a}->{b}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}],
             retest=[f"{a}->{b} (twice, in different rounds)"] + ([f"{a}->{partner[0]}"] if partner else []),
