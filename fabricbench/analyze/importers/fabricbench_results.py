@@ -153,7 +153,7 @@ def _table(parquet: Path):
             raise UsageError(f"{parquet}: no row_kind column; not a fabricbench results file")
         _check_types(schema, cols, parquet)
         dict_cols = [c for c in ("node_a", "node_b", "host", "run_id", "op", "direction", "status", "row_kind",
-                                 "nic", "peer", "kind", "error") if c in cols]
+                                 "nic", "peer", "kind", "error", "phase") if c in cols]
         return pq.read_table(parquet, columns=cols, read_dictionary=dict_cols)
     except UsageError:
         raise
@@ -175,6 +175,29 @@ def _cat(tbl, name) -> pd.Categorical | None:
     if not isinstance(col.dtype, pd.CategoricalDtype):
         col = col.astype("category")
     return col.array
+
+
+def _stage(tbl, n: int) -> np.ndarray:
+    """The sweep's stage of each row from its `phase` column: 0 sweep, 1 retest (a retest's rounds confirm or
+    clear what the sweep found), -1 not recorded. Compared in Arrow: no pandas copy of a column of millions."""
+    if "phase" not in tbl.column_names:
+        return np.full(n, -1, dtype=np.int8)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    codes = {"sweep": 0, "retest": 1}
+    parts = []
+    for chunk in tbl.column("phase").chunks:
+        if pa.types.is_dictionary(chunk.type):  # read as a dictionary: map its few values, then the indices
+            lut = np.array([codes.get(v, -1) for v in chunk.dictionary.to_pylist()] + [-1], dtype=np.int8)
+            idx = pc.fill_null(chunk.indices, len(lut) - 1).to_numpy(zero_copy_only=False)
+            parts.append(lut[idx])
+        else:
+            part = np.full(len(chunk), -1, dtype=np.int8)
+            for value, code in codes.items():
+                part[pc.fill_null(pc.equal(chunk, value), False).to_numpy(zero_copy_only=False)] = code
+            parts.append(part)
+    return np.concatenate(parts) if parts else np.full(n, -1, dtype=np.int8)
 
 
 def _is(cat: pd.Categorical | None, value: str, n: int) -> np.ndarray:
@@ -224,10 +247,7 @@ def _pairs(tbl, source: str, ds: Dataset) -> pd.DataFrame:
     bidir = _is(direction, "bidir", n)
     pingpong = _is(direction, "pingpong", n)
     phase = np.where(rev, 1, np.where(_is(direction, "a->b", n), 0, -1)).astype(np.int8)
-    # the sweep's stage (its `phase` column): a retest's rounds confirm or clear what the sweep found
-    sweep_stage = _cat(tbl, "phase")
-    stage = np.where(_is(sweep_stage, "retest", n), 1, np.where(_is(sweep_stage, "sweep", n), 0, -1)).astype(np.int8)
-    del sweep_stage
+    stage = _stage(tbl, n)
     src = np.where(rev, b_codes, a_codes)
     dst = np.where(rev, a_codes, b_codes)
     del rev
