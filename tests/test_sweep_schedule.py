@@ -267,3 +267,10 @@ def test_retest_repeats_never_put_two_pairs_on_one_leaf():
     for r in rounds:
         per_pair = [{leaves[x] for x in p} for p in r]
         assert all(not (a & b) for i, a in enumerate(per_pair) for b in per_pair[i + 1:]), r
+
+
+def test_analyzer_suspects_fall_back_to_the_raw_rule_when_the_sweep_cannot_be_analyzed(tmp_path, capsys):
+    from fabricbench.slurm.collect import analyzer_suspects
+
+    assert analyzer_suspects(tmp_path) is None  # no plan.json: nothing to collect or analyze
+    assert "retest chosen by the raw rule" in capsys.readouterr().err

@@ -488,7 +488,8 @@ def _fit(rounds: list[dict], fabric: dict) -> list[dict]:
 
 
 def _plan_retest(out: Path):
-    from fabricbench.slurm.planning import analyzer_suspects, load_records, plan_path, retest_plan
+    from fabricbench.slurm.collect import analyzer_suspects
+    from fabricbench.slurm.planning import load_records, plan_path, retest_plan
     from fabricbench.slurm.sweep import Plan
 
     plan = Plan.load(plan_path(out))

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -411,6 +412,26 @@ def collect_sweep(out: Path, quiet: bool = False, echo=print, command_line: list
     if not quiet:
         print_sweep(frame, info, echo)
     return 0 if summary["pairs_failed"] == 0 else 1
+
+
+def analyzer_suspects(out: str | os.PathLike) -> list[tuple[str, str]] | None:
+    """The sweep's paths that `fabricbench analyze` blames or cannot clear, most suspect first: what a retest
+    should run again. It judges each path against what its ends and its round's contention explain, where the
+    raw rule (below a fraction of the median) on an oversubscribed fabric picks mostly collisions. The sweep's
+    results are written first (kept even if the retest fails). None where they cannot be analyzed."""
+    from fabricbench.analyze.analysis import analyze
+    from fabricbench.analyze.importers import load
+
+    try:
+        collect_sweep(Path(out), quiet=True)
+        res = analyze(load(Path(out)))
+    except Exception as err:  # the retest falls back to the raw rule; the sweep's results stay as measured
+        print(f"fabricbench: retest chosen by the raw rule: the sweep could not be analyzed ({type(err).__name__}: "
+              f"{' '.join(str(err).split())[:200]})", file=sys.stderr)
+        return None
+    paths = [tuple(v.hosts[:2]) for v in res.faults() if v.kind == "link" and len(v.hosts) >= 2]
+    paths += [(x["src"], x["dst"]) for x in res.suspect_paths if not x.get("retested")]
+    return paths
 
 
 def node_summary(frame) -> list[dict]:

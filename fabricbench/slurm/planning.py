@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -167,27 +166,6 @@ def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int =
     data = dict(plan.__dict__)
     data.update(phase="retest", rounds=rounds, extra={**plan.extra, "suspects": [list(s) for s in suspects]})
     return Plan(**data)
-
-
-def analyzer_suspects(out: str | os.PathLike) -> list[tuple[str, str]] | None:
-    """The sweep's paths that `fabricbench analyze` blames or cannot clear, most suspect first: what a retest
-    should run again. It judges each path against what its ends and its round's contention explain, where the
-    raw rule (below a fraction of the median) on an oversubscribed fabric picks mostly collisions. The sweep's
-    results are written first (kept even if the retest fails). None where they cannot be analyzed."""
-    from fabricbench.analyze.analysis import analyze
-    from fabricbench.analyze.importers import load
-    from fabricbench.slurm.collect import collect_sweep
-
-    try:
-        collect_sweep(Path(out), quiet=True)
-        res = analyze(load(Path(out)))
-    except Exception as err:  # the retest falls back to the raw rule; the sweep's results stay as measured
-        print(f"fabricbench: retest chosen by the raw rule: the sweep could not be analyzed ({type(err).__name__}: "
-              f"{' '.join(str(err).split())[:200]})", file=sys.stderr)
-        return None
-    paths = [tuple(v.hosts[:2]) for v in res.faults() if v.kind == "link" and len(v.hosts) >= 2]
-    paths += [(x["src"], x["dst"]) for x in res.suspect_paths if not x.get("retested")]
-    return paths
 
 
 def plan_path(out_dir: str | os.PathLike, phase: str = "sweep") -> Path:
