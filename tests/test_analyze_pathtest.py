@@ -126,6 +126,7 @@ def test_retest_confirms_a_path_one_noisy_sweep_cannot(tmp_path):
     # confirmed on its retest rounds alone, among the paths retested (not the thousands swept)
     said = " ".join(res.faults()[0].evidence)
     assert "retest units" in said and f"{2 * len({frozenset(p) for p in sus})} paths retested" in said
+    assert any("ran again in its retest" in n and ": 1 verdict(s)" in n for n in res.notes)
 
 
 def test_retest_units_are_the_retest_rounds_of_paths_the_sweep_also_measured():
@@ -162,7 +163,7 @@ def test_a_retest_that_reads_normal_clears_what_the_sweep_read_low(tmp_path):
     assert not res.faults()
     assert not [x for x in res.suspect_paths if (x["src"], x["dst"]) == (a, b) and not x["retested"]]
     assert not [r for r in res.retests if f"{a}->{b}" in r]  # not listed for a retest again
-    assert any("ran again in its retest" in n and "0 confirmed" in n for n in res.notes)
+    assert any("ran again in its retest" in n and ": 0 verdict(s)" in n for n in res.notes)
 
 
 def test_fitted_pattern_keeps_every_round_within_the_uplinks():

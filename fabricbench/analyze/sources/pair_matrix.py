@@ -580,6 +580,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     # with a retest a path may be blamed by either family of tests (sweep, retest): Bonferroni over both keeps
     # the source within its false-alarm budget
     families = 2 if retested else 1
+    confirmed = 0  # retested paths blamed on their retest rounds
 
     def trials(pid: int) -> int:  # how many paths a path's test is one of, times the families
         return (len(retested) if pid in retested else tested) * families
@@ -638,6 +639,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
                              "units": k, "chance": chance, "retested": on_retest})
             continue
         partner = _retest_partners({i, j}, names, healthy, leaf, 1)
+        confirmed += on_retest
         rounds_said = f"{agree} of its {k} retest rounds this low after the sweep read it low" if on_retest \
             else f"{agree} of its {k} independent rounds this low"
         summary = (f"the path {a} {'<->' if both else '->'} {b} reads {pct(-dpt):.0f}% below what its ends explain "
@@ -659,14 +661,13 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
             measurements=[{"pair": f"{a}->{b}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}],
             retest=[f"{a}->{b} (twice, in different rounds)"] + ([f"{a}->{partner[0]}"] if partner else []),
             identifiers={"hosts": [a, b]}, hosts=[a, b]))
-    # the retest list: paths low alone first; a path that was low together with another flow out of its source
-    # leaf or into its destination leaf, about as low, in each of its rounds is most likely a collision
     if retested:
-        confirmed = {e.component for e in out if e.kind == "link" and "retest units" in " ".join(e.details)}
         ctx.res.notes.append(f"{len(retested)} directed path(s) the sweep read low ran again in its retest and were "
-                             f"judged on those rounds alone: {len(confirmed)} confirmed, the rest read within the "
-                             "noise there (cleared)")
-    # (and last, the paths a retest already ran without confirming them)
+                             f"judged on those rounds alone: {confirmed} verdict(s), the rest read within the noise "
+                             "there (cleared)")
+    # the retest list: paths low alone first; a path that was low together with another flow out of its source
+    # leaf or into its destination leaf, about as low, in each of its rounds is most likely a collision (and
+    # last, the paths a retest already ran without confirming them)
     suspects.sort(key=lambda x: (x["retested"], x["collided"], x["chance"]))
     ctx.res.suspect_paths = suspects[:200]
     for sp in suspects[:10]:
