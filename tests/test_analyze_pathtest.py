@@ -220,3 +220,19 @@ def test_hosts_keep_every_partner_unless_collisions_show_in_the_data(tmp_path):
         seen[(over, routing)] = verdicts[0].summary
     assert "across 63 partners" in seen[(1.0, "adaptive")]
     assert "across 15 partners" in seen[(1.0, "static")] and "across 15 partners" in seen[(2.0, "static")]
+
+
+def test_stage_is_read_from_the_phase_column_and_unknown_otherwise(tmp_path):
+    from fabricbench.results import write_results
+    from fabricbench.results.schema import to_frame
+
+    spec = SimSpec(nodes=8, leaves=2, seed=1, retest=[("node0001", "node0002")], retest_rounds=2)
+    frame, _ = simulate(spec)
+    info = {"run_id": "s", "status": "ok", "hosts": spec.hosts()}
+    write_results(tmp_path / "named", to_frame(frame), info)
+    stage = load(tmp_path / "named").pairs["stage"]
+    assert sorted(stage.unique()) == [0, 1] and (stage == 1).sum() == 2 * 2 * 2  # 1 pair: rounds x directions x sizes
+    numeric = to_frame(frame)
+    numeric["phase"] = 7  # not a sweep's stage names (a broken or foreign file): unknown, never a traceback
+    write_results(tmp_path / "numeric", numeric, info)
+    assert (load(tmp_path / "numeric").pairs["stage"] == -1).all()

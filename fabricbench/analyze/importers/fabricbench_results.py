@@ -185,9 +185,13 @@ def _stage(tbl, n: int) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    col = tbl.column("phase")
+    text = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if not (pa.types.is_string(text) or pa.types.is_large_string(text)):
+        return np.full(n, -1, dtype=np.int8)  # not a sweep's stage names: stage unknown, as for other inputs
     codes = {"sweep": 0, "retest": 1}
     parts = []
-    for chunk in tbl.column("phase").chunks:
+    for chunk in col.chunks:
         if pa.types.is_dictionary(chunk.type):  # read as a dictionary: map its few values, then the indices
             lut = np.array([codes.get(v, -1) for v in chunk.dictionary.to_pylist()] + [-1], dtype=np.int8)
             idx = pc.fill_null(chunk.indices, len(lut) - 1).to_numpy(zero_copy_only=False)
