@@ -582,8 +582,8 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     families = 2 if retested else 1
     confirmed = 0  # retested paths blamed on their retest rounds
 
-    def trials(pid: int) -> int:  # how many paths a path's test is one of, times the families
-        return (len(retested) if pid in retested else tested) * families
+    def among_paths(pid: int) -> int:  # how many paths a path's test is one of
+        return len(retested) if pid in retested else tested
     rounds_of: dict[int, set] = {}
     if units_of:
         want = np.isin(s.astype(np.int64) * n + d, np.fromiter(units_of, dtype=np.int64))
@@ -603,14 +603,15 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
         # one verdict for a pair slow both ways only when each direction is beyond chance on its own (a reverse
         # direction that merely reads a little low would dilute a one-way fault)
         both = (j * n + i) in units_of and (j * n + i) not in done and all(
-            trials(x) * pathtest.scan_p(units_of[x], nulls[int(null_cls[i, j])])[0] <= FALSE_ALARM_BUDGET
+            among_paths(x) * families * pathtest.scan_p(units_of[x], nulls[int(null_cls[i, j])])[0]
+            <= FALSE_ALARM_BUDGET
             for x in (p, j * n + i))
         done |= {p, j * n + i} if both else {p}
         units = pathtest.both_ways(units_of[p], tags_of[p], units_of[j * n + i], tags_of[j * n + i]) if both \
             else units_of[p]
         null = nulls[int(null_cls[i, j])]
         p_val, agree = pathtest.scan_p(units, null)
-        among = max(trials(p), trials(j * n + i) if both else 0) // families  # paths
+        among = max(among_paths(p), among_paths(j * n + i) if both else 0)
         chance = among * families * p_val
         on_retest = p in retested
         k = len(units)
