@@ -364,7 +364,7 @@ def read_sysfs(root: Path | str, host: str | None = None) -> list[Port]:
         node_guid = _colon_guid(_read(dev / "node_guid"))
         port_dirs = sorted((dev / "ports").glob("*"), key=lambda p: _natural(p.name)) if (dev / "ports").is_dir() else []
         for pdir in port_dirs:
-            if not pdir.name.isdigit():
+            if not (pdir.name.isascii() and pdir.name.isdigit()):
                 continue
             rate, width = _rate(_read(pdir / "rate"))
             ports.append(Port(ca=dev.name, port=int(pdir.name), state=normalize_state(_read(pdir / "state")),
@@ -378,7 +378,7 @@ def read_sysfs(root: Path | str, host: str | None = None) -> list[Port]:
 
 def _natural(name: str) -> tuple:
     """mlx5_2 before mlx5_10 (the tools list CAs lexically; people read them in number order)."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+    return tuple(int(t) if t.isascii() and t.isdigit() else t for t in re.split(r"([0-9]+)", name))
 
 
 def parse_text(text: str, host: str | None = None, name: str = "input") -> list[Port]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fabricbench.errors import UsageError
@@ -163,6 +163,9 @@ SYSFS_VALUES = st.one_of(st.text(max_size=30), st.sampled_from(["400 Gb/sec (4X 
                                            "sys/class/infiniband/mlx5_0/device/current_link_width",
                                            "sys/class/net/eth0/speed", "sys/class/net/eth0/operstate",
                                            "sys/class/net/eth0/device/numa_node"]), SYSFS_VALUES), max_size=8))
+@example(
+    files=[('sys/class/infiniband/mlx5_0/ports/1/counters/symbol_error', '¹')],
+).via('discovered failure')
 def test_fuzz_sysfs_and_discovery(files):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

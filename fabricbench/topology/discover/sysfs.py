@@ -80,7 +80,7 @@ def read(root: Path | str = "/") -> tuple[list[NicFact], Report]:
                 counters = {}
                 for name in COUNTERS:
                     value = _read(port / "counters" / name)
-                    if value is not None and value.isdigit():
+                    if value is not None and value.isascii() and value.isdigit():
                         counters[name] = int(value)
                 if counters:
                     entry["counters"] = counters
