@@ -182,7 +182,7 @@ def main() -> int:
     ap.add_argument("--noise", default="0.03,0.18")
     ap.add_argument("--fabrics", default=",".join(FABRICS), help="which of " + ", ".join(FABRICS))
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--retest-top", type=int, default=20, help="second stage: the analysis's N most suspect paths "
+    ap.add_argument("--retest-top", type=int, default=64, help="second stage: the analysis's N most suspect paths "
                     "measured again (0: one stage only)")
     ap.add_argument("--retest-rounds", type=int, default=4, help="... each in this many more rounds")
     ap.add_argument("--seed", type=int, default=9000)
@@ -202,7 +202,7 @@ def main() -> int:
         times.append(dt)
         on_result(stages["sweep"], res, truth)
         if args.retest_top > 0:
-            sus = [(x["src"], x["dst"]) for x in res.suspect_paths[:args.retest_top]]
+            sus = res.retest_paths()[:args.retest_top]  # what `sweep pairwise --retest-rounds` reruns
             spec2 = dataclasses.replace(spec, retest=sus, retest_rounds=args.retest_rounds if sus else 0)
             res2, _dt, truth2 = run_one(tmp, -k, spec2, fkw, args.spines)  # same seed: the same sweep plus the retest
             on_result(stages["retest"], res2, truth2)

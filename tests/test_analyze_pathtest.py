@@ -166,6 +166,23 @@ def test_a_retest_that_reads_normal_clears_what_the_sweep_read_low(tmp_path):
     assert any("ran again in its retest" in n and ": 0 verdict(s)" in n for n in res.notes)
 
 
+def test_a_retest_reruns_blamed_paths_first_then_uncleared_suspects(tmp_path):
+    """What `sweep pairwise --retest-rounds` reruns: a path already blamed is confirmed on its own rounds (a
+    verdict from one sweep must survive the retest's stricter count of tests), then the unexplained dips."""
+    kw = dict(nodes=48, leaves=6, noise=0.03, heavy=True, repeats=2, seed=12,
+              faults=[parse_fault("pair:node0004->node0029:0.5")])
+    out, truth = write(SimSpec(**kw), tmp_path / "sweep")
+    res = analyze(load(out), fabric_from_leaves(truth["leaves"]))
+    again = res.retest_paths()
+    assert again[0] == ("node0004", "node0029") and len(again) == len(set(again))
+    assert again[1:] == [(x["src"], x["dst"]) for x in res.suspect_paths if not x["retested"]
+                         and (x["src"], x["dst"]) != ("node0004", "node0029")]
+    out, truth = write(SimSpec(retest=again[:20], retest_rounds=4, **kw), tmp_path / "retest")
+    res = analyze(load(out), fabric_from_leaves(truth["leaves"]))
+    assert [v.component for v in res.faults()] == ["node0004->node0029"]
+    assert ("node0004", "node0029") in res.retest_paths()  # still blamed: a later retest would run it again
+
+
 def test_fitted_pattern_keeps_every_round_within_the_uplinks():
     spec = SimSpec(nodes=32, leaves=4, spines=4, oversubscription=2.0, routing="static", pattern="fitted", seed=5)
     frame, _ = simulate(spec)

@@ -141,12 +141,12 @@ def test_slow_node_stands_out_and_random_pattern_with_retest(tmp_path):
     new = [p for p in pairs if p not in met]
     again = [p for p in pairs if p in met]
     assert any("node4" in p for p in new)  # node4 with a partner it had not met
-    # --retest-rounds (default 3): each suspect pair (node4's, and any other that read low) itself 3 more times,
-    # in 3 different rounds
+    # --retest-rounds (default 4): each suspect pair (node4's, and any other that read low) itself 4 more times,
+    # in 4 different rounds
     assert any("node4" in p for p in again)
-    assert all(again.count(p) == 3 for p in set(again))
+    assert all(again.count(p) == 4 for p in set(again))
     assert all(len(set(retest[[tuple(sorted(x)) == p for x in retest[["node_a", "node_b"]].itertuples(index=False)]]
-                       ["round"])) == 3 for p in set(again))
+                       ["round"])) == 4 for p in set(again))
     assert "node4" in res.stdout and "LOW" in res.stdout
     # the analyzer reads which rows are the retest's (a retest confirms or clears a suspect on its own rounds)
     from fabricbench.analyze.importers import load

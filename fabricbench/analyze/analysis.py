@@ -92,6 +92,13 @@ class Analysis:
         """Something was compared with a reference (fleet, baseline, topology, data)."""
         return any(c["basis"] != "nothing" for c in self.compared)
 
+    def retest_paths(self) -> list[tuple[str, str]]:
+        """The directed paths a retest should run again, most suspect first: those blamed by a link verdict,
+        then those that read low without being cleared (a path a retest already cleared is not listed)."""
+        paths = [(v.hosts[0], v.hosts[1]) for v in self.faults() if v.kind == "link" and len(v.hosts) >= 2]
+        paths += [(x["src"], x["dst"]) for x in self.suspect_paths if not x.get("retested")]
+        return list(dict.fromkeys(paths))
+
     def faults(self, min_conf: float | None = None) -> list[Verdict]:
         m = self.thresholds.min_confidence if min_conf is None else min_conf
         return [v for v in self.verdicts if v.confidence >= m]

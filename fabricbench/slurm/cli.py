@@ -297,7 +297,7 @@ def register(app: typer.Typer) -> None:
                           "rotation pattern.")),
         _p("retest", bool, O(False, "--retest/--no-retest", help="Measure the nodes of suspect pairs again, each "
                              "with a partner it has not met (one more step).")),
-        _p("retest_rounds", int, O(3, "--retest-rounds", help="--retest: also run each suspect path (the 64 "
+        _p("retest_rounds", int, O(4, "--retest-rounds", help="--retest: also run each suspect path (the 64 "
                                   "that `fabricbench analyze` of the sweep finds most suspect) this many more "
                                   "times, with different co-runners each time: a path's own repeated readings "
                                   "are what tell a modest deficit from noise (0: off).")),

@@ -429,9 +429,7 @@ def analyzer_suspects(out: str | os.PathLike) -> list[tuple[str, str]] | None:
         print(f"fabricbench: retest chosen by the raw rule: the sweep could not be analyzed ({type(err).__name__}: "
               f"{' '.join(str(err).split())[:200]})", file=sys.stderr)
         return None
-    paths = [tuple(v.hosts[:2]) for v in res.faults() if v.kind == "link" and len(v.hosts) >= 2]
-    paths += [(x["src"], x["dst"]) for x in res.suspect_paths if not x.get("retested")]
-    return paths
+    return res.retest_paths()
 
 
 def node_summary(frame) -> list[dict]:
