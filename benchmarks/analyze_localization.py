@@ -70,6 +70,19 @@ def fault(rng, kind: str, size: float, hosts: list[str], leaf_of: dict[str, str]
     return Fault(kind, hosts[int(rng.integers(len(hosts)))], 1 - size)
 
 
+def resolvable(f: Fault, size: float, res, leaf_of: dict[str, str]) -> bool:
+    """A fault on one path alone is resolvable when it is at least as deep as the single-path resolution the
+    analysis reports for that path (its class's, or the retest's where the path ran in the retest); other
+    kinds have many partners or rounds and are always counted."""
+    if f.kind != "pair":
+        return True
+    a, b = f.target.split("->")
+    rows = {x["class"]: x for x in res.counts.get("single_path_resolution", [])}
+    retested = any((x["src"], x["dst"]) == (a, b) and x["retested"] for x in res.suspect_paths)
+    row = rows.get("retested") if retested else rows.get("intra-leaf" if leaf_of[a] == leaf_of[b] else "inter-leaf")
+    return bool(row and row["resolvable_pct"] is not None and 100 * size >= row["resolvable_pct"])
+
+
 def run_one(tmp: Path, k: int, spec: SimSpec, fabric_kw: dict, spines: int):
     out, truth = write(spec, tmp / f"s{k}")
     fab = fabric_from_leaves(truth["leaves"], spines=spines, oversubscription=fabric_kw["oversubscription"])
@@ -89,6 +102,8 @@ class Tally:
         # a fault slower than what contention leaves its flows changes no noise-free rate by 5% (simulate's
         # fault_effect): no tool could see it; counted apart as masked
         self.visible = defaultdict(lambda: [0, 0])  # (noise, fabric, kind, size) -> [found, observable]
+        # observable and at least as deep as the single-path resolution the analysis reports (pair faults)
+        self.resolved = defaultdict(lambda: [0, 0])  # (noise, fabric, kind, size) -> [found, resolvable]
         self.prec = defaultdict(lambda: [0, 0])  # (noise, fabric) -> [right, verdicts]
         self.prec_kind = defaultdict(lambda: [0, 0])
         self.wrong: list[str] = []
@@ -111,9 +126,13 @@ class Tally:
         self.recall[key + (f.kind, size)][1] += 1
         self.visible[key + (f.kind, size)][0] += hit and observable
         self.visible[key + (f.kind, size)][1] += observable
+        deep = observable and resolvable(f, size, res, truth["leaves"])
+        self.resolved[key + (f.kind, size)][0] += hit and deep
+        self.resolved[key + (f.kind, size)][1] += deep
         if not hit and len(self.missed) < 30:
             self.missed.append(f"{label}: {f.kind} {f.target} -{size:.0%}"
-                               + ("" if observable else " (masked: changes no rate by 5%)"))
+                               + ("" if observable else " (masked: changes no rate by 5%)")
+                               + (" (shallower than the single-path resolution)" if observable and not deep else ""))
         for v in res.faults():
             right = match(f, v)
             self.prec[key][0] += right
@@ -132,7 +151,8 @@ class Tally:
                           for (n, f), (a, b) in sorted(self.prec.items())],
             "precision_by_verdict_kind": {kk: {"right": a, "verdicts": b} for kk, (a, b) in sorted(self.prec_kind.items())},
             "recall": [{"noise": n, "fabric": f, "kind": kk, "size": s, "found": a, "injected": b, "recall": a / b,
-                        "observable": self.visible[(n, f, kk, s)][1], "found_observable": self.visible[(n, f, kk, s)][0]}
+                        "observable": self.visible[(n, f, kk, s)][1], "found_observable": self.visible[(n, f, kk, s)][0],
+                        "resolvable": self.resolved[(n, f, kk, s)][1], "found_resolvable": self.resolved[(n, f, kk, s)][0]}
                        for (n, f, kk, s), (a, b) in sorted(self.recall.items())],
             "false_verdicts": self.wrong, "missed": self.missed,
         }
@@ -149,7 +169,7 @@ def markdown(stage: dict, title: str) -> str:
     p = {(r["noise"], r["fabric"]): r for r in stage["precision"]}
     lines.append("| precision (all verdicts >= 0.5) | " + " | ".join(frac(p[c]["right"], p[c]["verdicts"]) if c in p else "-" for c in cols) + " |")
     cells = defaultdict(dict)
-    tot = defaultdict(lambda: [0, 0, 0, 0])
+    tot = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
     for r in stage["recall"]:
         cells[(r["kind"], r["size"])][(r["noise"], r["fabric"])] = r
         t = tot[(r["noise"], r["fabric"])]
@@ -157,6 +177,8 @@ def markdown(stage: dict, title: str) -> str:
         t[1] += r["injected"]
         t[2] += r["found_observable"]
         t[3] += r["observable"]
+        t[4] += r["found_resolvable"]
+        t[5] += r["resolvable"]
     for (kind, size), row in sorted(cells.items()):
         out = []
         for c in cols:
@@ -165,10 +187,13 @@ def markdown(stage: dict, title: str) -> str:
                 out.append("-")
                 continue
             masked = r["injected"] - r["observable"]
-            out.append(f"{r['found']}/{r['injected']}" + (f" ({masked} masked)" if masked else ""))
+            shallow = r["observable"] - r["resolvable"]
+            out.append(f"{r['found']}/{r['injected']}" + (f" ({masked} masked)" if masked else "")
+                       + (f" ({shallow} unresolvable)" if shallow else ""))
         lines.append(f"| {kind} -{size:.0%} | " + " | ".join(out) + " |")
     lines.append("| recall, faults >= 15% | " + " | ".join(frac(tot[c][0], tot[c][1]) for c in cols) + " |")
     lines.append("| recall, observable faults | " + " | ".join(frac(tot[c][2], tot[c][3]) for c in cols) + " |")
+    lines.append("| recall, observable and resolvable | " + " | ".join(frac(tot[c][4], tot[c][5]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -250,11 +275,15 @@ def main() -> int:
               f"`python benchmarks/analyze_localization.py {' '.join(sys.argv[1:])}` "
               f"({summary['elapsed_s']:.0f} s on 2 shared cores; median analysis {summary['analysis_seconds_median']:.2f} s "
               "per scenario). Verdicts counted at confidence >= 0.5 (what makes the exit code 1). A fault is masked "
-              "when it lowers no noise-free rate by 5% (slower than what contention leaves its flows).", "",
+              "when it lowers no noise-free rate by 5% (slower than what contention leaves its flows). A fault on one path "
+              "is unresolvable when it is shallower than the single-path resolution the analysis reports for that path "
+              "(how low each of its rounds must read to stand out among the paths tested, from its rounds and its "
+              "class's noise).", "",
               markdown(summary, "One sweep")]
         if args.retest_top > 0:
             md += [markdown(summary["with_retest"], f"The sweep, then its {args.retest_top} most suspect paths "
-                                                    f"in {args.retest_rounds} more rounds each")]
+                                                    f"in {args.retest_rounds} more rounds each, as `sweep pairwise "
+                                                    f"--retest --retest-rounds {args.retest_rounds}` chooses them")]
         for name, st in (("one sweep", summary), ("with the retest", summary.get("with_retest"))):
             if not st:
                 continue

@@ -253,3 +253,34 @@ def test_stage_is_read_from_the_phase_column_and_unknown_otherwise(tmp_path):
     numeric["phase"] = 7  # not a sweep's stage names (a broken or foreign file): unknown, never a traceback
     write_results(tmp_path / "numeric", numeric, info)
     assert (load(tmp_path / "numeric").pairs["stage"] == -1).all()
+
+
+def test_resolvable_depth_is_where_the_scan_starts_to_blame():
+    rng = np.random.default_rng(3)
+    null = pathtest.Null(rng.normal(0.0, 0.15, 20000))
+    d2 = pathtest.resolvable_depth(null, 2, 16000, 0.01, 3.0)
+    assert 0.3 < d2 < 1.0  # two rounds at 15% among 16,000 paths: only a deep fault stands out
+    for k, tests in ((2, 16000), (6, 16000), (4, 128)):
+        d = pathtest.resolvable_depth(null, k, tests, 0.01, 3.0)
+        p_in, _ = pathtest.scan_p(np.full(k, -d * 1.01), null)
+        p_out, _ = pathtest.scan_p(np.full(k, -d * 0.97), null)
+        assert p_in * tests <= 0.01 and (p_out * tests > 0.01 or d * 0.97 < 3.0 * null.spread / math.sqrt(k))
+    # more rounds, or fewer paths tested (a retest), resolve shallower faults
+    assert pathtest.resolvable_depth(null, 10, 16000, 0.01, 3.0) < 0.5 * d2
+    assert pathtest.resolvable_depth(null, 2, 64, 0.01, 3.0) < d2
+    assert pathtest.resolvable_depth(null, 1, 16000, 0.01, 3.0) == math.inf  # one round: never a path verdict
+
+
+def test_the_analysis_says_how_deep_a_single_path_fault_must_be(tmp_path):
+    """A pass on noisy data is not a clearance of shallow single-path faults: the analysis says which depth the
+    sweep could resolve, per class of path, and what more rounds would buy."""
+    got = {}
+    for noise in (0.03, 0.18):
+        out, truth = write(SimSpec(nodes=48, leaves=6, noise=noise, heavy=True, repeats=2, seed=21), tmp_path / str(noise))
+        res = analyze(load(out), fabric_from_leaves(truth["leaves"]))
+        rows = {x["class"]: x for x in res.counts["single_path_resolution"]}
+        assert set(rows) == {"intra-leaf", "inter-leaf"} and all(x["rounds"] == 2 for x in rows.values())
+        assert all(x["with_8_more_rounds_pct"] < x["resolvable_pct"] for x in rows.values())
+        got[noise] = rows["inter-leaf"]["resolvable_pct"]
+        assert any(n.startswith("single-path resolution:") and "beyond this data, not cleared" in n for n in res.notes)
+    assert got[0.03] < 15 < 25 < got[0.18]  # 48 hosts: 2,256 paths

@@ -188,3 +188,25 @@ def retest_units(path: np.ndarray, value: np.ndarray, tag: np.ndarray,
     ids, first = np.unique(p, return_index=True)
     ends = np.r_[first[1:], len(p)]
     return {int(x): (v[a:b], t[a:b]) for x, a, b in zip(ids, first, ends)}
+
+
+def resolvable_depth(null: Null, k: int, tests: float, budget: float, sigmas: float) -> float:
+    """The smallest depth (log units below what a path's ends explain) at which a path whose k units all read
+    that low is blamed: its scan p-value times `tests` within `budget`, and its level `sigmas` standard errors
+    of the class's units. A fault on one path alone shallower than this is beyond what the data can resolve
+    (its readings scatter about its depth, so it is found about half the time at somewhat more). inf where no
+    depth is (too few units)."""
+    if k < 2 or not null.spread > 0:
+        return math.inf
+
+    def blamed(depth: float) -> bool:
+        p, _ = scan_p(np.full(k, -depth), null)
+        return p * tests <= budget and depth >= sigmas * null.spread / math.sqrt(k)
+
+    lo, hi = 0.0, 8.0  # exp(-8): 99.97% below
+    if not blamed(hi):
+        return math.inf
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if blamed(mid) else (mid, hi)
+    return hi

@@ -581,6 +581,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     # the source within its false-alarm budget
     families = 2 if retested else 1
     confirmed = 0  # retested paths blamed on their retest rounds
+    _resolution(ctx.res, th, nulls, null_cls.reshape(-1)[paths], counts, tested, families, retested)
 
     def among_paths(pid: int) -> int:  # how many paths a path's test is one of
         return len(retested) if pid in retested else tested
@@ -682,6 +683,46 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
                      f"retest {sp['src']}->{sp['dst']} in 3 more rounds"),
             identifiers={"hosts": [sp["src"], sp["dst"]]}, hosts=[sp["src"], sp["dst"]]))
     return out + _failed_pairs(pd_, names, healthy, tested, spread)
+
+
+def _resolution(res, th, nulls, path_cls: np.ndarray, counts: np.ndarray, tested: int, families: int,
+                retested: dict) -> None:
+    """How low one path alone must read to be blamed, per class of path, from the rounds a path has and the
+    noise of its class: what the operator needs to know of a pass (a single-path fault shallower than this was
+    not looked for in vain, it was beyond the data) and what more rounds would buy."""
+    found = []
+    for c in (1, 2, 0):  # intra-leaf, inter-leaf, inter-node (no leaves known)
+        mine = counts[path_cls == c]
+        if not mine.size or c not in nulls:
+            continue
+        k = int(np.median(mine))
+        depth = pathtest.resolvable_depth(nulls[c], k, tested * families, FALSE_ALARM_BUDGET, th.pair_sigmas)
+        more = pathtest.resolvable_depth(nulls[c], k + 8, tested * families, FALSE_ALARM_BUDGET, th.pair_sigmas)
+        found.append({"class": pairdata.CLASS_NAMES[c], "rounds": k, "paths": tested,
+                      "spread_pct": round(100 * float(nulls[c].spread), 1),
+                      "resolvable_pct": round(pct(-depth), 1) if math.isfinite(depth) else None,
+                      "with_8_more_rounds_pct": round(pct(-more), 1) if math.isfinite(more) else None})
+    if retested:
+        k = int(np.median([len(v) for v, _ in retested.values()]))
+        c = next(iter(nulls))
+        depth = pathtest.resolvable_depth(nulls[c], k, len(retested) * families, FALSE_ALARM_BUDGET,
+                                          th.pair_sigmas)
+        found.append({"class": "retested", "rounds": k, "paths": len(retested),
+                      "spread_pct": round(100 * float(nulls[c].spread), 1),
+                      "resolvable_pct": round(pct(-depth), 1) if math.isfinite(depth) else None})
+    if not found:
+        return
+    res.counts["single_path_resolution"] = found
+    def one(x: dict) -> str:
+        at = "beyond this data" if x["resolvable_pct"] is None else f">= {x['resolvable_pct']:.0f}% below"
+        return f"{x['class']} {at} ({x['rounds']} round(s) a path, {x['spread_pct']:.0f}% spread, {x['paths']} paths)"
+    more = [x for x in found if x.get("with_8_more_rounds_pct") is not None]
+    res.notes.append("single-path resolution: a path alone is blamed once each of its rounds reads, beyond what its "
+                     "ends explain, " + "; ".join(one(x) for x in found) + ". A fault on one path alone shallower "
+                     "than that is beyond this data, not cleared by it"
+                     + (f" ({more[0]['rounds'] + 8} rounds a path would resolve "
+                        f"{more[0]['with_8_more_rounds_pct']:.0f}%)" if more else "")
+                     + ": retest the suspects (`sweep pairwise --retest --retest-rounds K`) or sweep with `--repeat`")
 
 
 def _collided(i: int, j: int, depth: float, rounds: set, leaf, s, d, rnd, resid, by_round) -> bool:
