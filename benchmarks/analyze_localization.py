@@ -206,6 +206,7 @@ def main() -> int:
     ap.add_argument("--per-cell", type=int, default=4, help="scenarios per fault kind, size, noise level, fabric")
     ap.add_argument("--noise", default="0.03,0.18")
     ap.add_argument("--fabrics", default=",".join(FABRICS), help="which of " + ", ".join(FABRICS))
+    ap.add_argument("--kinds", default=",".join(KINDS), help="fault kinds, of " + ", ".join(KINDS))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--retest-top", type=int, default=64, help="second stage: the analysis's N most suspect paths "
                     "measured again (0: one stage only)")
@@ -248,7 +249,7 @@ def main() -> int:
                 spec = SimSpec(seed=args.seed + k, **base)
                 label = f"noise {noise} {fname} seed {spec.seed}"
                 both(tmp, spec, fkw, lambda t, res, truth, label=label: t.healthy_run(key, res, label))
-            for kind in KINDS:
+            for kind in args.kinds.split(","):
                 for size in SIZES:
                     for _ in range(args.per_cell):
                         spec = SimSpec(seed=args.seed + k, **base)

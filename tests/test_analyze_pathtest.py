@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from fabricbench.analyze import pathtest
 from fabricbench.analyze.analysis import analyze
@@ -284,3 +285,31 @@ def test_the_analysis_says_how_deep_a_single_path_fault_must_be(tmp_path):
         got[noise] = rows["inter-leaf"]["resolvable_pct"]
         assert any(n.startswith("single-path resolution:") and "beyond this data, not cleared" in n for n in res.notes)
     assert got[0.03] < 15 < 25 < got[0.18]  # 48 hosts: 2,256 paths
+
+
+def test_median_p_is_the_chance_of_a_median_this_low():
+    rng = np.random.default_rng(5)
+    pool = rng.standard_t(3, 50000) * 0.1
+    null = pathtest.Null(pool)
+    draws = np.median(rng.choice(pool, size=(200000, 15)), axis=1)
+    for x in (-0.05, -0.1):
+        assert pathtest.median_p(x, 15, null) == pytest.approx(float(np.mean(draws <= x)), rel=0.15)
+    assert pathtest.median_p(-0.3, 15, null) < pathtest.median_p(-0.3, 5, null)  # more partners: rarer
+
+
+def test_a_healthy_host_with_few_partners_is_judged_by_the_datas_own_tail(tmp_path):
+    """256 hosts, 2:1 static leaves, one sweep at 20% heavy-tailed noise: hosts are judged on their ~15
+    intra-leaf partners, and among 512 host sides one reads 16% low on 13 of them, 4 Gaussian standard errors
+    of a median. How often a median of 13 draws of the fit's own residuals is that low (times the sides tested)
+    keeps it a suspect, not a fault; a NIC really 30% slow there stays a confident verdict."""
+    kw = dict(nodes=256, leaves=16, spines=2, noise=0.2, heavy=True, dips=0.01, failures=0.005, repeats=1,
+              oversubscription=2.0, routing="static", seed=7216)
+    out, truth = write(SimSpec(**kw), tmp_path / "healthy")
+    fab = fabric_from_leaves(truth["leaves"], spines=2, oversubscription=2.0)
+    res = analyze(load(out), fab)
+    assert res.exit_code == 0, [(v.component, v.confidence) for v in res.faults()]
+    weak = [v for v in res.verdicts if v.component == "node0241"]
+    assert weak and weak[0].confidence < 0.5 and "expected this low by chance among 512" in " ".join(weak[0].evidence)
+    out, truth = write(SimSpec(faults=[parse_fault("nic:node0100:0.7")], **kw), tmp_path / "faulty")
+    res = analyze(load(out), fab)
+    assert [v.component for v in res.faults()] == ["node0100"] and res.faults()[0].confidence >= 0.9

@@ -210,3 +210,11 @@ def resolvable_depth(null: Null, k: int, tests: float, budget: float, sigmas: fl
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if blamed(mid) else (mid, hi)
     return hi
+
+
+def median_p(x: float, m: int, null: Null) -> float:
+    """P(the median of m draws from `null` is at or below x): at least half of them (ceil(m / 2)) at or below
+    it. A host's term is the median over its partners; this is its p-value without assuming the noise normal."""
+    if m < 1:
+        return 1.0
+    return binom_sf(math.ceil(m / 2), m, null.cdf(x))

@@ -165,6 +165,8 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
     send_t, recv_t = fit.send.copy(), fit.recv.copy()
     send_m, recv_m = fit.send_n.copy(), fit.recv_n.copy()
     several_spines = ctx.fabric is not None and ctx.fabric.collisions_possible()
+    resid_of = np.zeros(n, dtype=np.int8)  # which fit's residuals are a host's null: 0 all partners, 1 intra-leaf
+    pools = [fit.residual]
     if leaf is not None and ((over or 1.0) > 1.0 or several_spines and _collisions_seen(fit.residual, leaf)):
         same = leaf[:, None] == leaf[None, :]
         Yi = np.where(same, pd_.Y, np.nan).astype(np.float32)
@@ -175,10 +177,16 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
             recv_t = np.where(enough, fi.recv, recv_t)
             send_m = np.where(enough, fi.send_n, send_m)
             recv_m = np.where(enough, fi.recv_n, recv_m)
+            resid_of = enough.astype(np.int8)
+            pools.append(fi.residual)
             if enough.any():
                 spread = max(spread, fi.spread) if not enough.all() else fi.spread
                 res.notes.append("concurrent flows can collide on this fabric (oversubscription or several spines): "
                                  "hosts judged on their intra-leaf partners, which share no uplink")
+    # a host term is the median of its partners: how often m draws of the residuals its fit left have a median
+    # this low is the data's own answer (heavy tails and few partners included), times the host sides tested
+    nulls = [pathtest.Null(r[np.isfinite(r)]) for r in pools]
+    sides = 2 * n
     for i, host in enumerate(names):
         ds_, dr = -send_t[i], -recv_t[i]
         res.node_levels[host] = {"send": float(send_t[i]), "recv": float(recv_t[i]),
@@ -197,6 +205,7 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
         # beyond the fleet rule and beyond what the median of m noisy partners can wander by chance
         if d <= rel or d < th.component_sigmas * se or m < 3:
             continue
+        host_chance = sides * pathtest.median_p(-d, m, nulls[int(resid_of[i])])
         bad_node[i] = True
         row = pd_.Y[i][np.isfinite(pd_.Y[i])]
         col = pd_.Y[:, i][np.isfinite(pd_.Y[:, i])]
@@ -226,9 +235,10 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
         ev = Evidence(
             source=NAME, component=host, kind="nic", deficit=1 - math.exp(-d), support=m, noise=spread,
             basis="fleet", threshold=thr_frac, direction=direction, fact=fact, confidence=0.95 if fact else None,
-            severity="critical" if fact else None, summary=summary,
+            severity="critical" if fact else None, summary=summary, chance=None if fact else host_chance,
             details=[f"send term {pct(send_t[i]):.1f}% below fleet ({m_s} partners), receive term "
-                     f"{pct(recv_t[i]):.1f}% ({m_r} partners); noise (residual spread) {100 * spread:.1f}%"]
+                     f"{pct(recv_t[i]):.1f}% ({m_r} partners); noise (residual spread) {100 * spread:.1f}%; "
+                     f"{host_chance:.2g} host sides expected this low by chance among {sides}"]
             + ([f"failed pairs with {', '.join(row_failed)}"] if row_failed else []),
             measurements=[{"pair": f"{host}->{names[j]}", "below_fleet_pct": round(pct(float(pd_.Y[i, j])), 1)}
                           for j in worst if np.isfinite(pd_.Y[i, j])],
