@@ -300,8 +300,8 @@ def test_median_p_is_the_chance_of_a_median_this_low():
 def test_a_healthy_host_with_few_partners_is_judged_by_the_datas_own_tail(tmp_path):
     """256 hosts, 2:1 static leaves, one sweep at 20% heavy-tailed noise: hosts are judged on their ~15
     intra-leaf partners, and among 512 host sides one reads 16% low on 13 of them, 4 Gaussian standard errors
-    of a median. How often a median of 13 draws of the fit's own residuals is that low (times the sides tested)
-    keeps it a suspect, not a fault; a NIC really 30% slow there stays a confident verdict."""
+    of a median. How often a median of 13 draws of the pairs nothing explains is that low (times the sides
+    tested) keeps it a suspect, not a fault; a NIC really 30% slow there stays a confident verdict."""
     kw = dict(nodes=256, leaves=16, spines=2, noise=0.2, heavy=True, dips=0.01, failures=0.005, repeats=1,
               oversubscription=2.0, routing="static", seed=7216)
     out, truth = write(SimSpec(**kw), tmp_path / "healthy")
@@ -313,3 +313,23 @@ def test_a_healthy_host_with_few_partners_is_judged_by_the_datas_own_tail(tmp_pa
     out, truth = write(SimSpec(faults=[parse_fault("nic:node0100:0.7")], **kw), tmp_path / "faulty")
     res = analyze(load(out), fab)
     assert [v.component for v in res.faults()] == ["node0100"] and res.faults()[0].confidence >= 0.9
+
+
+def test_host_chance_is_calibrated_on_a_healthy_fleet():
+    """Host terms of an iid fleet: p <= 1% about 1% of the time. Against the fit's residuals instead (each had
+    its ends' small terms taken out) it was ~6x too often, and a median over 127 partners made that a false NIC."""
+    from fabricbench.analyze import pairfit
+    from fabricbench.analyze.sources.pair_matrix import HostNull
+
+    rng = np.random.default_rng(1)
+    n, runs, ps = 128, 10, []
+    for _ in range(runs):
+        Y = (rng.standard_normal((n, n)) * 0.1).astype(np.float32)
+        np.fill_diagonal(Y, np.nan)
+        f = pairfit.fit(Y, None, explain=0.04, floor=0.01)
+        hn = HostNull([np.where(f.predicted > -0.04, Y, np.nan)], [np.isfinite(Y)], np.zeros((n, n), dtype=np.int8))
+        ps += [hn.median_p(i, float(f.send[i]), int(f.send_n[i]), 0, "send") for i in range(n)]
+        ps += [hn.median_p(i, float(f.recv[i]), int(f.recv_n[i]), 0, "recv") for i in range(n)]
+    ps = np.array(ps)
+    for t in (0.05, 0.01):
+        assert 0.4 * t * len(ps) <= (ps <= t).sum() <= 2.0 * t * len(ps)

@@ -166,7 +166,12 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
     send_m, recv_m = fit.send_n.copy(), fit.recv_n.copy()
     several_spines = ctx.fabric is not None and ctx.fabric.collisions_possible()
     resid_of = np.zeros(n, dtype=np.int8)  # which fit's residuals are a host's null: 0 all partners, 1 intra-leaf
-    pools = [fit.residual]
+    # a host's null: the values of pairs nothing explains (no bad end, no short uplink), as measured: the
+    # fit's residuals are not, since each had its ends' small terms taken out (a shift that a median over a
+    # hundred partners turns into p-values ten times too small)
+    with np.errstate(invalid="ignore"):
+        pools = [np.where(fit.predicted > -explain, pd_.Y, np.nan)]
+    measured = [np.isfinite(pd_.Y)]
     if leaf is not None and ((over or 1.0) > 1.0 or several_spines and _collisions_seen(fit.residual, leaf)):
         same = leaf[:, None] == leaf[None, :]
         Yi = np.where(same, pd_.Y, np.nan).astype(np.float32)
@@ -178,15 +183,27 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
             send_m = np.where(enough, fi.send_n, send_m)
             recv_m = np.where(enough, fi.recv_n, recv_m)
             resid_of = enough.astype(np.int8)
-            pools.append(fi.residual)
+            with np.errstate(invalid="ignore"):
+                pools.append(np.where(fi.predicted > -explain, Yi, np.nan))
+            measured.append(np.isfinite(Yi))
             if enough.any():
                 spread = max(spread, fi.spread) if not enough.all() else fi.spread
                 res.notes.append("concurrent flows can collide on this fabric (oversubscription or several spines): "
                                  "hosts judged on their intra-leaf partners, which share no uplink")
     # a host term is the median of its partners: how often m draws of the residuals its fit left have a median
     # this low is the data's own answer (heavy tails and few partners included), times the host sides tested
-    nulls = [pathtest.Null(r[np.isfinite(r)]) for r in pools]
+    # Partners of different classes (inside a leaf, across leaves with their collisions) scatter differently: a
+    # host's null mixes its partners' classes as it has them
+    host_null = HostNull(pools, measured, cls)
     sides = 2 * n
+    # where host terms scatter wider than independent partners would (partners sharing something the data does
+    # not name), the whole fleet shows it: the sides at p <= 5% against the 5% expected widen every host's chance
+    side_p = [host_null.median_p(i, float(t[i]), int(mm[i]), int(resid_of[i]), side)
+              for i in range(n) for t, mm, side in ((send_t, send_m, "send"), (recv_t, recv_m, "recv")) if mm[i] >= 3]
+    inflation = max(1.0, sum(p <= 0.05 for p in side_p) / (0.05 * len(side_p))) if len(side_p) >= 100 else 1.0
+    if inflation > 1.5:
+        res.notes.append(f"host terms scatter wider than independent partners give ({sum(p <= 0.05 for p in side_p)} "
+                         f"of {len(side_p)} host sides at p <= 5%): each host's chance is taken {inflation:.1f}x larger")
     for i, host in enumerate(names):
         ds_, dr = -send_t[i], -recv_t[i]
         res.node_levels[host] = {"send": float(send_t[i]), "recv": float(recv_t[i]),
@@ -205,7 +222,8 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
         # beyond the fleet rule and beyond what the median of m noisy partners can wander by chance
         if d <= rel or d < th.component_sigmas * se or m < 3:
             continue
-        host_chance = sides * pathtest.median_p(-d, m, nulls[int(resid_of[i])])
+        host_chance = sides * inflation * host_null.median_p(i, -d, m, int(resid_of[i]),
+                                                              "send" if ds_ >= dr else "recv")
         bad_node[i] = True
         row = pd_.Y[i][np.isfinite(pd_.Y[i])]
         col = pd_.Y[:, i][np.isfinite(pd_.Y[:, i])]
@@ -279,6 +297,36 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
                                                                   pd_.Y[::step, ::step], np.nan).tolist(),
                        "step": step, "n": n}
     return out
+
+
+class HostNull:
+    """What a host term would read by chance: the pairs nothing explains, per class of path. A host's side is
+    the median over its partners; each partner draws from its own class, so the chance of one partner this low
+    is the mix of the classes over the partners the host has (a binomial on the mean chance is, if anything,
+    conservative against the exact mixed count)."""
+
+    def __init__(self, pools: list[np.ndarray], measured: list[np.ndarray], cls: np.ndarray):
+        self.measured = measured
+        self.cls = cls
+        self.nulls: dict[tuple[int, int], pathtest.Null] = {}
+        for k, r in enumerate(pools):
+            ok = np.isfinite(r)
+            for c in np.unique(cls[ok]):
+                vals = r[ok & (cls == c)]
+                if vals.size >= 30:
+                    self.nulls[(k, int(c))] = pathtest.Null(vals)
+            self.nulls[(k, -1)] = pathtest.Null(r[ok])
+
+    def median_p(self, i: int, x: float, m: int, pool: int, side: str) -> float:
+        # the host's own partners, by class (its row is not in the pool when its term explains it)
+        have = self.measured[pool][i] if side == "send" else self.measured[pool][:, i]
+        classes = self.cls[i] if side == "send" else self.cls[:, i]
+        counts = np.bincount(classes[have].astype(np.int64), minlength=3)
+        if counts.sum() == 0:
+            return 1.0
+        q = sum(int(nc) * self.nulls.get((pool, c), self.nulls[(pool, -1)]).cdf(x)
+                for c, nc in enumerate(counts) if nc) / float(counts.sum())
+        return pathtest.binom_sf(math.ceil(m / 2), m, q)
 
 
 def _hidden_groups(node_ev: dict[int, Evidence], Y: np.ndarray, names: list[str], rel: float):
