@@ -859,13 +859,16 @@ def _intermittent(ctx, pd_, names, healthy, bad_node, leaf=None, bad_up=()) -> l
     """Dips in some rounds of a pair, others fine. Many dips on one host's paths, far more than the fleet's own
     dip rate explains (binomial tail, times the hosts tested), is one intermittent NIC, not many links."""
     res, th = ctx.res, ctx.thresholds
-    if pd_.worst is None:
-        return []
+    named: set[int] = set()
+    # round by round first (a host's rounds against its leaf-mates' rounds: the sharper test where rounds are
+    # known; it needs no pair measured twice), then the partner count for the hosts it did not name
+    out = _flapping_by_round(ctx, pd_, names, healthy, bad_node, leaf, bad_up, named)
+    if pd_.worst is None:  # every pair measured once: no pair's worst round to set against its best
+        return out
     rel = th.rel
     with np.errstate(invalid="ignore"):
         multi = np.isfinite(pd_.worst) & np.isfinite(pd_.Y) & (pd_.support > max(1, len(pd_.sizes)))
         dips = multi & (pd_.worst < -max(2 * rel, 3 * ctx.shared["pairs"]["fit"].spread)) & (pd_.Y > -rel)
-    out: list[Evidence] = []
     # independent unit: a partner (a transient often hits both directions of a pair in its round at once)
     D, Mu = dips | dips.T, multi | multi.T
     total = int(np.triu(Mu, 1).sum())
@@ -873,10 +876,6 @@ def _intermittent(ctx, pd_, names, healthy, bad_node, leaf=None, bad_up=()) -> l
         return out
     p = max(float(np.triu(D, 1).sum()) / total, 1.0 / total)
     n = len(names)
-    named: set[int] = set()
-    # round by round first (a host's rounds against its leaf-mates' rounds: the sharper test where rounds are
-    # known), then the partner count for the hosts it did not name
-    out += _flapping_by_round(ctx, pd_, names, healthy, bad_node, leaf, bad_up, named)
     for i in range(n):
         if bad_node[i] or i in named:
             continue
