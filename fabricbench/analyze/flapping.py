@@ -58,28 +58,63 @@ def host_round_units(s: np.ndarray, d: np.ndarray, rnd: np.ndarray, resid: np.nd
     median. The partner is the host's (first) partner in that round. With `group` (leaves), the round median is
     taken per class (inside a leaf, across leaves): a round's cross-leaf rows carry its collisions, which must not
     move the level its intra-leaf rows are judged from (a fixed schedule would make that bias recur)."""
-    ur, rinv = np.unique(rnd, return_inverse=True)
+    ur, rinv = _dense_codes(rnd)
     mkey = rinv.astype(np.int64) * 2
     if group is not None:
         mkey += (group[s] == group[d]).astype(np.int64)
-    um, minv = np.unique(mkey, return_inverse=True)
-    med = np.zeros(len(um))
-    order = np.argsort(minv, kind="stable")
-    bounds = np.searchsorted(minv[order], np.arange(len(um) + 1))
-    for g in range(len(um)):
-        med[g] = np.median(resid[order[bounds[g]:bounds[g + 1]]])
-    r0 = resid - med[minv]
-    host = np.concatenate([s, d]).astype(np.int64)
-    other = np.concatenate([d, s]).astype(np.int64)
-    key = host * len(ur) + np.concatenate([rinv, rinv])
-    val = np.concatenate([r0, r0])
-    order = np.lexsort((val, key))
-    key, val, other = key[order], val[order], other[order]
-    uk, first, cnt = np.unique(key, return_index=True, return_counts=True)
+    um, minv = _dense_codes(mkey)
+    del mkey
+    r0 = (resid - _group_medians(minv, resid.astype(np.float64))[1][minv]).astype(np.float32)
+    del minv
+    # a fleet of thousands of hosts, several sizes: millions of units; the narrowest integers that hold them
+    itype = np.int32 if n * len(ur) < 2**31 else np.int64
+    key = np.concatenate([s, d]).astype(itype) * itype(len(ur)) + np.concatenate([rinv, rinv]).astype(itype)
+    del rinv
+    order, first, cnt, val = _sorted_groups(key, np.concatenate([r0, r0]))
+    del r0
+    uk = key[order[first]]
+    del key
+    # the unit's partner: the other end of its first row
+    other = np.where(order[first] < len(s), d[order[first] % len(s)], s[order[first] % len(s)]).astype(np.int64)
+    del order
     # the median of the unit's measurements: a NIC down for the round lowers all of them, a single-measurement
     # dip or one heavy-tailed reading moves it little
-    med_unit = 0.5 * (val[first + (cnt - 1) // 2] + val[first + cnt // 2])
-    return (uk // len(ur)).astype(np.int64), (uk % len(ur)).astype(np.int64), other[first], med_unit
+    med_unit = 0.5 * (val[first + (cnt - 1) // 2].astype(np.float64) + val[first + cnt // 2])
+    return (uk // len(ur)).astype(np.int64), (uk % len(ur)).astype(np.int64), other, med_unit
+
+
+def _dense_codes(x: np.ndarray):
+    """np.unique(x, return_inverse=True) for small non-negative integers (round numbers): a lookup table, not
+    a sort of millions of rows."""
+    x = np.asarray(x).astype(np.int64, copy=False)
+    lo = int(x.min())
+    if int(x.max()) - lo > 4 * len(x) + 1_000_000:  # sparse: the sort is the cheaper way
+        return np.unique(x, return_inverse=True)
+    present = np.bincount(x - lo) > 0
+    codes = np.cumsum(present) - 1
+    return np.flatnonzero(present) + lo, codes[x - lo]
+
+
+def _sorted_groups(key: np.ndarray, val: np.ndarray):
+    """(order, first, count, sorted values): rows sorted by key, then by value within a key, in one float sort
+    of key + the value scaled into [0, 1) (a lexsort of millions of rows costs several times more; keys below
+    2^33 leave the value 20 bits of float64: values closer than 1e-6 of their range may swap, which no median
+    here notices)."""
+    lo, span = float(val.min()), float(val.max() - val.min())
+    sort_key = (val.astype(np.float64) - lo) * (0.999 / (span if span > 0 else 1.0))
+    sort_key += key
+    order = np.argsort(sort_key, kind="stable")
+    del sort_key
+    k = key[order]
+    first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    del k
+    return order, first, np.diff(np.r_[first, len(order)]), val[order]
+
+
+def _group_medians(key: np.ndarray, val: np.ndarray):
+    """(keys, medians) of val grouped by key."""
+    order, first, cnt, v = _sorted_groups(key, val)
+    return key[order][first], 0.5 * (v[first + (cnt - 1) // 2] + v[first + cnt // 2])
 
 
 def round_noise(rnd: np.ndarray, value: np.ndarray) -> float:
@@ -149,12 +184,17 @@ def _flapping_at(host, partner, value, n, group, skip, budget, floor, sigma, sig
     if tested is None:
         tested = int(use.sum())
     out = []
+    by_host = None  # each host's units, found once (a fleet of thousands has millions of units)
     for i in np.nonzero(use & (k_h >= 3))[0].tolist():
         k, m = int(k_h[i]), int(m_h[i])
         K, M = int(k_g[grp[i]]) - k - int(k_with[i]), int(m_g[grp[i]]) - m - int(m_with[i])  # the others in its group
         if M < 4 * m or k * M <= K * m:
             continue
-        mine = (host == i) & low
+        if by_host is None:
+            order = np.argsort(host, kind="stable")
+            by_host = (order, np.searchsorted(host[order], np.arange(n + 1)))
+        mine = by_host[0][by_host[1][i]:by_host[1][i + 1]]
+        mine = mine[low[mine]]
         partners = len(np.unique(partner[mine]))
         if partners < MIN_PARTNERS:
             continue
@@ -163,7 +203,7 @@ def _flapping_at(host, partner, value, n, group, skip, budget, floor, sigma, sig
             continue
         chance = max(tested, 1) * hypergeom_tail(k, m, k + K, m + M)
         if chance <= budget:
-            out.append(dict(host=i, k=k, m=m, rounds=int(mine.sum()), partners=partners, rate=k / m,
+            out.append(dict(host=i, k=k, m=m, rounds=len(mine), partners=partners, rate=k / m,
                             others=K / M if M else 0.0, chance=chance, depth=depth, thr=thr, sigma=sigma,
                             sigmas=sigmas, unit="partner" if per_partner else "round"))
     return out

@@ -24,18 +24,36 @@ import pandas as pd
 
 
 def binom_sf(j: int, k: int, q: float) -> float:
-    """P(X >= j) for X ~ Binomial(k, q), exact (k is a path's rounds: small)."""
+    """P(X >= j) for X ~ Binomial(k, q), exact to double precision. Summed from the term at j away from the
+    mode (the upper tail, or one less the lower one), each term from the last by the ratio of successive
+    binomial terms, stopping once the rest cannot matter: a host's thousands of partners cost tens of terms."""
     if j <= 0:
         return 1.0
-    if q <= 0.0:
+    if j > k or q <= 0.0:
         return 0.0
     if q >= 1.0:
         return 1.0
     lq, l1q = math.log(q), math.log1p(-q)
-    terms = [math.lgamma(k + 1) - math.lgamma(x + 1) - math.lgamma(k - x + 1) + x * lq + (k - x) * l1q
-             for x in range(j, k + 1)]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+    r = q / (1.0 - q)
+
+    def term(x: int) -> float:
+        return math.exp(math.lgamma(k + 1) - math.lgamma(x + 1) - math.lgamma(k - x + 1) + x * lq + (k - x) * l1q)
+
+    if j >= (k + 1) * q:  # at or above the mode: the terms fall from j upward
+        t = total = term(j)
+        x = j
+        while x < k and t > total * 1e-17:
+            t *= (k - x) / (x + 1) * r
+            x += 1
+            total += t
+        return min(1.0, total)
+    t = below = term(j - 1)  # below the mode: the terms fall from j - 1 downward
+    x = j - 1
+    while x > 0 and t > below * 1e-17:
+        t *= x / ((k - x + 1) * r)
+        x -= 1
+        below += t
+    return min(1.0, max(0.0, 1.0 - below))
 
 
 def t3_tail(depth: float, spread: float) -> float:
