@@ -152,11 +152,33 @@ def test_criteria_per_node_and_cluster(capsys, faulty, tmp_path):
     (["analyze", "{faulty}", "--topology", "/nonexistent.yaml"], "topology"),
     (["simulate", "--out", "{tmp}/x", "--fault", "nic:nodeZZ:0.5"], "no such node"),
     (["simulate", "--out", "{tmp}/x", "--sizes", "big"], "--sizes"),
+    (["simulate", "--out", "{tmp}/x", "--retest-rounds", "-1"], "--retest-rounds"),
 ])
 def test_bad_input_exit_2_one_line(capsys, faulty, tmp_path, args, needle):
     args = [a.format(faulty=faulty, tmp=tmp_path) for a in args]
     code, out, err = cli(capsys, *args)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_simulate_runs_the_sweeps_retest_as_sweep_pairwise_does(capsys, tmp_path):
+    """`simulate --retest-rounds K`: the sweep, its analysis, then the paths that analysis blames or cannot clear
+    run K more rounds each (phase retest), and `analyze` judges them on those rounds."""
+    from fabricbench.results import read_results
+
+    out = tmp_path / "two-stage"
+    code, text, _ = cli(capsys, "simulate", "--out", str(out), "--nodes", "48", "--leaves", "6", "--noise", "0.18",
+                        "--heavy-tails", "--repeats", "2", "--seed", "11", "--fault", "pair:node0007->node0031:0.5",
+                        "--retest-rounds", "4")
+    assert code == 0 and "retest: 64 suspect path(s) in 4 more round(s)" in text
+    frame = read_results(out)
+    again = frame[frame["phase"] == "retest"]
+    assert len(again[["node_a", "node_b"]].drop_duplicates()) <= 64
+    assert ((again["node_a"] == "node0007") & (again["node_b"] == "node0031")
+            | (again["node_a"] == "node0031") & (again["node_b"] == "node0007")).any()
+    code, text, _ = cli(capsys, "analyze", str(out), "--format", "json")
+    doc = json.loads(text)
+    assert code == 1 and [v["component"] for v in doc["verdicts"] if v["confidence"] >= 0.5] == ["node0007->node0031"]
+    assert any("ran again in its retest" in n for n in doc["notes"])
 
 
 def test_inconclusive_exit_3(capsys, tmp_path):

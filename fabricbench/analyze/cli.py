@@ -116,6 +116,9 @@ def simulate_cmd(
     failures: float = typer.Option(0.0, "--failures", help="Probability a pair fails to measure in a round."),
     oversubscription: float = typer.Option(1.0, "--oversubscription", help="Leaf downlink:uplink capacity (2 = 2:1)."),
     routing: str = typer.Option("adaptive", "--routing", help="adaptive | static (ECMP hash per pair over --spines)."),
+    retest_rounds: int = typer.Option(0, "--retest-rounds", help="Then analyze the sweep and run the paths it "
+                                      "blames or cannot clear (64 at most) this many more rounds each, as `sweep "
+                                      "pairwise --retest --retest-rounds K` does (0: the sweep only)."),
 ) -> None:
     """Write a synthetic pairwise sweep (and GPU matrices) with injected faults, in the normal results format."""
     from fabricbench.analyze.simulate import SimSpec, parse_fault, write
@@ -126,6 +129,8 @@ def simulate_cmd(
         raise UsageError("simulate: --noise, --intermittent, --dips and --failures must be in [0, 1)")
     if oversubscription < 1 or routing not in ("adaptive", "static"):
         raise UsageError("simulate: --oversubscription >= 1 and --routing adaptive|static")
+    if not 0 <= retest_rounds <= 100:
+        raise UsageError("simulate: --retest-rounds must be 0 to 100")
     from fabricbench.analyze.simulate_limits import check_simulation
 
     size_list = [_parse_size(s) for s in sizes.split(",") if s.strip()]
@@ -145,6 +150,30 @@ def simulate_cmd(
         spec.spines = max(len(fab.spines), 1)
     path, truth = write(spec, out)
     typer.echo(f"wrote {path} ({len(spec.hosts())} nodes, pattern {pattern}, {len(spec.faults)} fault(s), seed {seed})")
+    if retest_rounds:
+        _simulate_retest(spec, path, truth, topology, retest_rounds)
+
+
+def _simulate_retest(spec, path, truth, topology: str | None, rounds: int) -> None:
+    """The sweep's second stage as `sweep pairwise --retest-rounds` runs it: analyze the sweep, then the same
+    seed's sweep again with the paths the analysis blames or cannot clear measured `rounds` more times."""
+    import dataclasses
+
+    from fabricbench.analyze.analysis import analyze
+    from fabricbench.analyze.importers import load
+    from fabricbench.analyze.simulate import write
+    from fabricbench.analyze.topo_adapter import fabric_from_leaves, load_fabric
+    from fabricbench.slurm.planning import MAX_RETEST_PATHS
+
+    fab = load_fabric(topology) if topology else fabric_from_leaves(
+        truth["leaves"], spines=spec.spines, oversubscription=spec.oversubscription)
+    again = analyze(load(path), fab).retest_paths()[:MAX_RETEST_PATHS]
+    if not again:
+        typer.echo("retest: the analysis suspects no path; nothing to run again")
+        return
+    path, _ = write(dataclasses.replace(spec, retest=again, retest_rounds=rounds), path)
+    typer.echo(f"retest: {len(again)} suspect path(s) in {rounds} more round(s) each, added to {path} "
+               "(phase = retest)")
 
 
 def register(app: typer.Typer) -> None:

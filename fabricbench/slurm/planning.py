@@ -116,8 +116,11 @@ def find_suspects(records: list[dict], below: float = 0.8, latency_factor: float
     return sorted(out)
 
 
+MAX_RETEST_PATHS = 64  # suspect paths a retest runs again (`--retest-rounds`), most suspect first
+
+
 def retest_plan(plan: Plan, records: list[dict], below: float = 0.8, seed: int = 0, repeat_suspects: int = 0,
-                max_suspects: int = 64, ranked: list[tuple[str, str]] | None = None) -> Plan | None:
+                max_suspects: int = MAX_RETEST_PATHS, ranked: list[tuple[str, str]] | None = None) -> Plan | None:
     """A plan that measures each suspect pair's nodes again against new, healthy partners and, with
     `repeat_suspects`, the suspect pairs themselves that many more times: the first `max_suspects` of `ranked`
     (the analyzer's suspect paths, most suspect first) or, without it, the lowest pairs; None if there is
