@@ -68,6 +68,25 @@ def test_flapping_hosts_names_the_host_against_its_group_only():
     assert flapping.flapping_hosts(host2, partner2, value2, 32, group, np.zeros(32, bool), 0.01, floor=0.07) == []
 
 
+def test_a_quiet_fleets_cuts_at_the_floor_are_one_test():
+    """At 3% noise every cut (2, 3.5, 5 spreads) sits at the fleet rule: one test, not three. A NIC down in 4
+    of its 30 intra-leaf rounds (2:1 static: its cross-leaf flows already run below the flap's rate) with 4
+    partners, while its 15 leaf-mates have no unit that low, is then within the false-alarm budget."""
+    rng = np.random.default_rng(7)
+    n, rounds = 16, 30
+    host = np.repeat(np.arange(n), rounds)
+    partner = (host + 1 + np.tile(np.arange(rounds), n)) % n
+    value = rng.normal(0.0, 0.01, n * rounds)
+    value[np.flatnonzero(host == 5)[[2, 9, 17, 20]]] = -0.35  # partners 8, 15, 7, 10
+    got = flapping.flapping_hosts(host, partner, value, n, np.zeros(n, dtype=np.int64), np.zeros(n, bool), 0.01,
+                                  floor=0.07, tested=512, per_partner=False)
+    assert [g["host"] for g in got] == [5] and got[0]["partners"] == 4
+    # the same host against a noisy fleet's separate cuts: three tests, and 4 rounds are not enough
+    noisy = np.where(value == -0.35, -0.35, rng.normal(0.0, 0.05, n * rounds))
+    assert flapping.flapping_hosts(host, partner, noisy, n, np.zeros(n, dtype=np.int64), np.zeros(n, bool), 0.01,
+                                   floor=0.07, tested=512, per_partner=False) == []
+
+
 def test_shallow_or_single_partner_lows_are_not_flapping():
     rng = np.random.default_rng(2)
     group = np.repeat(np.arange(4), 8)

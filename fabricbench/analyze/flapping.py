@@ -5,8 +5,8 @@ Unit: one (host, round), the median residual (measurement minus what the fit of 
 measurement the host took part in that round (both directions, every size), less the round's own median
 residual (a round-wide drift hits every host alike). A NIC down for the round lowers every measurement of it;
 a single-measurement dip moves the median little. A unit is "low" when it lies beyond the data's own per-round
-noise (LOW_SIGMAS x the median over rounds of the units' robust spread: each cut is tried, and counted as a
-test) and beyond the analyzer's relative floor.
+noise (LOW_SIGMAS x the median over rounds of the units' robust spread: each cut is tried, and each distinct
+one counted as a test; cuts the floor makes equal are one) and beyond the analyzer's relative floor.
 
 Where flows can collide (oversubscription, several spines) a cross-leaf host's units are counted per partner: a
 partner is low for the host when any of their rounds together is. A pair that is slow every time it runs (a bad
@@ -34,7 +34,7 @@ import numpy as np
 
 LOW_SIGMAS = (2.0, 3.5, 5.0)  # a (host, round) unit is low beyond one of these many robust spreads of its round's units
 DEPTH_SIGMAS = 2.5  # the median of a named host's low units must lie beyond this many spreads
-MIN_PARTNERS = 5  # a named host is low with at least this many different partners
+MIN_PARTNERS = 4  # a named host is low with at least this many different partners
 
 
 def _log_comb(n: int, k: int) -> float:
@@ -148,10 +148,12 @@ def flapping_hosts(host: np.ndarray, partner: np.ndarray, value: np.ndarray, n: 
     if sigma is None:
         sigma = 1.4826 * float(np.median(np.abs(value - np.median(value))))
     best: dict[int, dict] = {}
-    for sigmas in LOW_SIGMAS:
-        for h in _flapping_at(host, partner, value, n, group, skip, budget * len(LOW_SIGMAS), floor, sigma,
+    # cuts the floor makes equal are one test, not several (a quiet fleet's cuts all sit at the fleet rule)
+    cuts = sorted({max(floor, x * sigma): x for x in LOW_SIGMAS}.values())
+    for sigmas in cuts:
+        for h in _flapping_at(host, partner, value, n, group, skip, budget * len(cuts), floor, sigma,
                               sigmas, tested, per_partner):
-            h["chance"] *= len(LOW_SIGMAS)
+            h["chance"] *= len(cuts)
             if h["chance"] <= budget and (h["host"] not in best or h["chance"] < best[h["host"]]["chance"]):
                 best[h["host"]] = h
     return sorted(best.values(), key=lambda h: h["chance"])
