@@ -190,10 +190,10 @@ def pair_matrix(ctx: Context) -> list[Evidence]:
                 spread = max(spread, fi.spread) if not enough.all() else fi.spread
                 res.notes.append("concurrent flows can collide on this fabric (oversubscription or several spines): "
                                  "hosts judged on their intra-leaf partners, which share no uplink")
-    # a host term is the median of its partners: how often m draws of the residuals its fit left have a median
-    # this low is the data's own answer (heavy tails and few partners included), times the host sides tested
-    # Partners of different classes (inside a leaf, across leaves with their collisions) scatter differently: a
-    # host's null mixes its partners' classes as it has them
+    # a host term is the median of its partners: how often that many draws of the pairs nothing explains have a
+    # median this low is the data's own answer (heavy tails and few partners included), times the host sides
+    # tested; partners inside a leaf and across leaves scatter differently, so a host's null mixes its partners'
+    # classes as it has them
     host_null = HostNull(pools, measured, cls)
     sides = 2 * n
     # where host terms scatter wider than independent partners would (partners sharing something the data does
@@ -639,7 +639,7 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     # the source within its false-alarm budget
     families = 2 if retested else 1
     confirmed = 0  # retested paths blamed on their retest rounds
-    _resolution(ctx.res, th, nulls, null_cls.reshape(-1)[paths], counts, tested, families, retested)
+    _resolution(ctx.res, th, nulls, null_cls.reshape(-1), paths, counts, tested, families, retested)
 
     def among_paths(pid: int) -> int:  # how many paths a path's test is one of
         return len(retested) if pid in retested else tested
@@ -743,12 +743,13 @@ def _paths(ctx, pd_, fit, leaf, names, healthy, bad_up) -> list[Evidence]:
     return out + _failed_pairs(pd_, names, healthy, tested, spread)
 
 
-def _resolution(res, th, nulls, path_cls: np.ndarray, counts: np.ndarray, tested: int, families: int,
-                retested: dict) -> None:
+def _resolution(res, th, nulls, null_of: np.ndarray, paths: np.ndarray, counts: np.ndarray, tested: int,
+                families: int, retested: dict) -> None:
     """How low one path alone must read to be blamed, per class of path, from the rounds a path has and the
     noise of its class: what the operator needs to know of a pass (a single-path fault shallower than this was
     not looked for in vain, it was beyond the data) and what more rounds would buy."""
     found = []
+    path_cls = null_of[paths]
     for c in (1, 2, 0):  # intra-leaf, inter-leaf, inter-node (no leaves known)
         mine = counts[path_cls == c]
         if not mine.size or c not in nulls:
@@ -762,7 +763,8 @@ def _resolution(res, th, nulls, path_cls: np.ndarray, counts: np.ndarray, tested
                       "with_8_more_rounds_pct": round(pct(-more), 1) if math.isfinite(more) else None})
     if retested:
         k = int(np.median([len(v) for v, _ in retested.values()]))
-        c = next(iter(nulls))
+        classes = null_of[np.fromiter(retested, dtype=np.int64)]
+        c = int(np.bincount(classes).argmax())  # the class most retested paths are judged in
         depth = pathtest.resolvable_depth(nulls[c], k, len(retested) * families, FALSE_ALARM_BUDGET,
                                           th.pair_sigmas)
         found.append({"class": "retested", "rounds": k, "paths": len(retested),
@@ -771,6 +773,7 @@ def _resolution(res, th, nulls, path_cls: np.ndarray, counts: np.ndarray, tested
     if not found:
         return
     res.counts["single_path_resolution"] = found
+
     def one(x: dict) -> str:
         at = "beyond this data" if x["resolvable_pct"] is None else f">= {x['resolvable_pct']:.0f}% below"
         return f"{x['class']} {at} ({x['rounds']} round(s) a path, {x['spread_pct']:.0f}% spread, {x['paths']} paths)"
