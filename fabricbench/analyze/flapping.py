@@ -58,11 +58,11 @@ def host_round_units(s: np.ndarray, d: np.ndarray, rnd: np.ndarray, resid: np.nd
     median. The partner is the host's (first) partner in that round. With `group` (leaves), the round median is
     taken per class (inside a leaf, across leaves): a round's cross-leaf rows carry its collisions, which must not
     move the level its intra-leaf rows are judged from (a fixed schedule would make that bias recur)."""
-    ur, rinv = _dense_codes(rnd)
+    ur, rinv = np.unique(rnd, return_inverse=True)
     mkey = rinv.astype(np.int64) * 2
     if group is not None:
         mkey += (group[s] == group[d]).astype(np.int64)
-    um, minv = _dense_codes(mkey)
+    minv = np.unique(mkey, return_inverse=True)[1].ravel()
     del mkey
     r0 = (resid - _group_medians(minv, resid.astype(np.float64))[1][minv]).astype(np.float32)
     del minv
@@ -81,18 +81,6 @@ def host_round_units(s: np.ndarray, d: np.ndarray, rnd: np.ndarray, resid: np.nd
     # dip or one heavy-tailed reading moves it little
     med_unit = 0.5 * (val[first + (cnt - 1) // 2].astype(np.float64) + val[first + cnt // 2])
     return (uk // len(ur)).astype(np.int64), (uk % len(ur)).astype(np.int64), other, med_unit
-
-
-def _dense_codes(x: np.ndarray):
-    """np.unique(x, return_inverse=True) for small non-negative integers (round numbers): a lookup table, not
-    a sort of millions of rows."""
-    x = np.asarray(x).astype(np.int64, copy=False)
-    lo = int(x.min())
-    if int(x.max()) - lo > 4 * len(x) + 1_000_000:  # sparse: the sort is the cheaper way
-        return np.unique(x, return_inverse=True)
-    present = np.bincount(x - lo) > 0
-    codes = np.cumsum(present) - 1
-    return np.flatnonzero(present) + lo, codes[x - lo]
 
 
 def _sorted_groups(key: np.ndarray, val: np.ndarray):
